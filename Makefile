@@ -1,0 +1,50 @@
+# tradelab: `make demo` (offline main job), `make test` (what CI runs), `make bench` (benchmarks).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+UV := .tools/bin/uv
+UV_VERSION := 0.13.9
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export NUMBA_CACHE_DIR := $(abspath .cache/numba)
+export MPLCONFIGDIR := $(abspath .cache/matplotlib)
+export PYTHONDONTWRITEBYTECODE := 1
+BIN := $(VENV)/bin
+
+help:
+	@echo "make demo   - run the main job offline on embedded defaults"
+	@echo "make test   - install everything, check notebooks, run nbdev-test and pytest"
+	@echo "make bench  - print the benchmarks"
+	@echo "make export - nbdev-export + nbdev-clean after editing notebooks"
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install -q "uv==$(UV_VERSION)"
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	@mkdir -p .cache/numba .cache/matplotlib data
+	@touch $@
+
+export: install
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+
+check-notebooks: install
+	bash tools/check_notebooks.sh
+
+services:
+	bash tools/services.sh
+
+test: install services check-notebooks
+	$(BIN)/nbdev-test --n-workers 1 nbs
+	$(BIN)/pytest -q
+
+bench: install services
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+demo: install
+	bash tools/demo.sh
+
+.PHONY: help install export check-notebooks services test bench demo
