@@ -48,6 +48,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'tradelab.core.parse_time': ('core.html#parse_time', 'tradelab/core.py'),
                                'tradelab.core.round_step': ('core.html#round_step', 'tradelab/core.py')},
             'tradelab.db': { 'tradelab.db.Analysis': ('db.html#analysis', 'tradelab/db.py'),
+                             'tradelab.db.AnalysisOutcome': ('db.html#analysisoutcome', 'tradelab/db.py'),
+                             'tradelab.db.AppState': ('db.html#appstate', 'tradelab/db.py'),
                              'tradelab.db.AuditLog': ('db.html#auditlog', 'tradelab/db.py'),
                              'tradelab.db.Base': ('db.html#base', 'tradelab/db.py'),
                              'tradelab.db.BotConfig': ('db.html#botconfig', 'tradelab/db.py'),

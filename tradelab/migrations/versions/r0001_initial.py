@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #42a80220
+# %% ../../../nbs/migrations/0001_initial.ipynb #57e777cc
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -14,9 +14,15 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #a5055f24
+# %% ../../../nbs/migrations/0001_initial.ipynb #3f3d19e9
 def upgrade():
     "Create every table of the initial schema."
+    op.create_table('app_state',
+    sa.Column('key', sa.String(length=128), nullable=False),
+    sa.Column('value', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('updated_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('key', name=op.f('pk_app_state'))
+    )
     op.create_table('audit_log',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
@@ -138,6 +144,23 @@ def upgrade():
     op.create_index(op.f('ix_analyses_image_sha256_prompt_version_model'), 'analyses', ['image_sha256', 'prompt_version', 'model'], unique=False)
     op.create_index(op.f('ix_analyses_prompt_version'), 'analyses', ['prompt_version'], unique=False)
     op.create_index(op.f('ix_analyses_symbol_timeframe'), 'analyses', ['symbol', 'timeframe'], unique=False)
+    op.create_table('analysis_outcomes',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('analysis_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('run', sa.String(length=64), nullable=False),
+    sa.Column('outcome', sa.String(length=16), nullable=False),
+    sa.Column('exit_price', tradelab.db.Dec(precision=28, scale=10), nullable=True),
+    sa.Column('return_pct', tradelab.db.Dec(precision=28, scale=10), nullable=True),
+    sa.Column('r_multiple', tradelab.db.Dec(precision=28, scale=10), nullable=True),
+    sa.Column('bars', sa.Integer(), nullable=True),
+    sa.Column('exit_at', tradelab.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('params', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('evaluated_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['analysis_id'], ['analyses.id'], name=op.f('fk_analysis_outcomes_analysis_id_analyses')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_analysis_outcomes')),
+    sa.UniqueConstraint('analysis_id', 'run', name=op.f('uq_analysis_outcomes_analysis_id_run'))
+    )
+    op.create_index(op.f('ix_analysis_outcomes_run'), 'analysis_outcomes', ['run'], unique=False)
     op.create_table('trades',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('external_id', sa.String(length=128), nullable=True),
@@ -229,6 +252,8 @@ def downgrade():
     op.drop_index(op.f('ix_trades_prompt_version'), table_name='trades')
     op.drop_index(op.f('ix_trades_closed_at'), table_name='trades')
     op.drop_table('trades')
+    op.drop_index(op.f('ix_analysis_outcomes_run'), table_name='analysis_outcomes')
+    op.drop_table('analysis_outcomes')
     op.drop_index(op.f('ix_analyses_symbol_timeframe'), table_name='analyses')
     op.drop_index(op.f('ix_analyses_prompt_version'), table_name='analyses')
     op.drop_index(op.f('ix_analyses_image_sha256_prompt_version_model'), table_name='analyses')
@@ -245,3 +270,4 @@ def downgrade():
     op.drop_table('bot_config')
     op.drop_index(op.f('ix_audit_log_at'), table_name='audit_log')
     op.drop_table('audit_log')
+    op.drop_table('app_state')
