@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #57e777cc
+# %% ../../../nbs/migrations/0001_initial.ipynb #b3e6c31c
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -14,7 +14,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #3f3d19e9
+# %% ../../../nbs/migrations/0001_initial.ipynb #6293ef00
 def upgrade():
     "Create every table of the initial schema."
     op.create_table('app_state',
@@ -143,7 +143,7 @@ def upgrade():
     op.create_index(op.f('ix_analyses_created_at'), 'analyses', ['created_at'], unique=False)
     op.create_index(op.f('ix_analyses_image_sha256_prompt_version_model'), 'analyses', ['image_sha256', 'prompt_version', 'model'], unique=False)
     op.create_index(op.f('ix_analyses_prompt_version'), 'analyses', ['prompt_version'], unique=False)
-    op.create_index(op.f('ix_analyses_symbol_timeframe'), 'analyses', ['symbol', 'timeframe'], unique=False)
+    op.create_index(op.f('ix_analyses_symbol_timeframe_created_at'), 'analyses', ['symbol', 'timeframe', 'created_at'], unique=False)
     op.create_table('analysis_outcomes',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('analysis_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -254,7 +254,7 @@ def downgrade():
     op.drop_table('trades')
     op.drop_index(op.f('ix_analysis_outcomes_run'), table_name='analysis_outcomes')
     op.drop_table('analysis_outcomes')
-    op.drop_index(op.f('ix_analyses_symbol_timeframe'), table_name='analyses')
+    op.drop_index(op.f('ix_analyses_symbol_timeframe_created_at'), table_name='analyses')
     op.drop_index(op.f('ix_analyses_prompt_version'), table_name='analyses')
     op.drop_index(op.f('ix_analyses_image_sha256_prompt_version_model'), table_name='analyses')
     op.drop_index(op.f('ix_analyses_created_at'), table_name='analyses')

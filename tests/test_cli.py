@@ -1,0 +1,79 @@
+"""The `tradelab` console script as a user runs it: a real subprocess, real databases."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TL = str(ROOT / ".venv" / "bin" / "tradelab")
+
+
+def run(*args, env=None, cwd=ROOT, input=None):
+    e = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    e.update(env or {})
+    return subprocess.run([TL, *args], capture_output=True, text=True, env=e, cwd=cwd, input=input, timeout=120)
+
+
+def test_db_upgrade_creates_the_embedded_sqlite_database(tmp_path):
+    r = run("db", "upgrade", env={"TRADELAB_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "tradelab.db").exists() and "-> 0001" in r.stdout
+    again = run("db", "upgrade", env={"TRADELAB_DATA_DIR": str(tmp_path)})
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_db_upgrade_works_on_postgresql(pg_url):
+    r = run("db", "upgrade", env={"DATABASE_URL": pg_url})
+    assert r.returncode == 0, r.stderr
+    cur = run("db", "current", env={"DATABASE_URL": pg_url})
+    assert "at 0001" in cur.stdout
+
+
+def test_an_unreachable_database_url_is_one_line_and_non_zero(tmp_path):
+    r = run("db", "upgrade", env={"DATABASE_URL": "postgresql+psycopg://bob:pw@127.0.0.1:1/x", "TRADELAB_DATA_DIR": str(tmp_path)})
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the database" in lines[0] and ":pw@" not in lines[0]
+
+
+def test_a_malformed_settings_file_stops_the_command_and_writes_nothing(tmp_path):
+    bad = tmp_path / "settings.ini"
+    bad.write_text("[risk]\nmax_slots = many\n")
+    d = tmp_path / "data"
+    assert run("db", "upgrade", env={"TRADELAB_DATA_DIR": str(d)}).returncode == 0
+    before = (d / "tradelab.db").stat().st_mtime_ns
+    r = run("--settings", str(bad), "config", "set", "risk.min_confidence", "0.7", env={"TRADELAB_DATA_DIR": str(d)})
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"tradelab: error: {bad} [risk] max_slots = 'many': Input should be a valid integer, unable to parse string as an integer"
+    assert (d / "tradelab.db").stat().st_mtime_ns == before
+
+
+def test_commands_refuse_an_unmigrated_database(tmp_path):
+    r = run("report", "performance", "--json", env={"TRADELAB_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 1 and "run `tradelab db upgrade` first" in r.stderr
+
+
+def test_config_show_masks_secrets(tmp_path):
+    env = {"TRADELAB_DATA_DIR": str(tmp_path), "OPENAI_API_KEY": "sk-verysecretvalue1234567890", "BYBIT_API_KEY": "k3y"}
+    run("db", "upgrade", env=env)
+    r = run("config", "show", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["environment"]["openai_api_key"] == "***" and out["settings"]["risk"]["max_slots"] == 5
+    assert "verysecret" not in r.stdout and "k3y" not in r.stdout
+
+
+def test_report_performance_json_has_the_contract_keys(tmp_path):
+    env = {"TRADELAB_DATA_DIR": str(tmp_path)}
+    run("db", "upgrade", env=env)
+    for extra in ([], ["--duckdb"]):
+        r = run("report", "performance", "--json", *extra, env=env)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert {"analyses", "open_trades", "closed_trades", "wins", "losses", "win_rate", "total_pnl", "max_drawdown"} <= out.keys()
+
+
+def test_the_package_imports_without_jupyter():
+    code = "import sys, tradelab.cli, tradelab.db, tradelab.analytics; assert 'IPython' not in sys.modules; print('ok')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
