@@ -58,3 +58,15 @@ def test_a_win_is_a_closed_trade_with_positive_pnl(engine):
     r = performance(engine)
     assert (r["closed_trades"], r["wins"], r["losses"], r["open_trades"]) == (4, 1, 1, 1)
     assert r["win_rate"] == 0.25
+
+
+def test_calibration_and_paired_comparison_after_migrating_the_legacy_history(engine, tmp_path):
+    from tradelab.analytics import calibration, compare_prompts
+    from tradelab.legacy import migrate_legacy
+    from tradelab.legacy_fixture import make_legacy_db
+    make_legacy_db(tmp_path / "old.db", 2000, 400, seed=5)
+    migrate_legacy(engine, tmp_path / "old.db")
+    cal = calibration(engine)
+    assert sum(b["n"] for b in cal) > 0 and all(b["hit_rate"] is None or 0 <= b["hit_rate"] <= 1 for b in cal)
+    cmp_ = compare_prompts(engine, "v1", "v2-confluence")
+    assert cmp_["charts_both"] > 0 and 0 <= cmp_["agreement"] <= 1 and 0 <= cmp_["mcnemar_p"] <= 1

@@ -3,6 +3,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
+from tradelab.migrate import head_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 TL = str(ROOT / ".venv" / "bin" / "tradelab")
@@ -17,7 +18,7 @@ def run(*args, env=None, cwd=ROOT, input=None):
 def test_db_upgrade_creates_the_embedded_sqlite_database(tmp_path):
     r = run("db", "upgrade", env={"TRADELAB_DATA_DIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "tradelab.db").exists() and "-> 0001" in r.stdout
+    assert (tmp_path / "tradelab.db").exists() and f"-> {head_revision()}" in r.stdout
     again = run("db", "upgrade", env={"TRADELAB_DATA_DIR": str(tmp_path)})
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
@@ -26,7 +27,7 @@ def test_db_upgrade_works_on_postgresql(pg_url):
     r = run("db", "upgrade", env={"DATABASE_URL": pg_url})
     assert r.returncode == 0, r.stderr
     cur = run("db", "current", env={"DATABASE_URL": pg_url})
-    assert "at 0001" in cur.stdout
+    assert f"at {head_revision()}" in cur.stdout
 
 
 def test_an_unreachable_database_url_is_one_line_and_non_zero(tmp_path):
