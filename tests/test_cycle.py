@@ -100,3 +100,23 @@ def test_a_live_venue_without_keys_is_a_clear_error(monkeypatch):
     st = Settings.model_validate({"trading": {"venue": "testnet"}})
     with pytest.raises(Exception, match="BYBIT_API_KEY"):
         make_port(load_env(), st)
+
+
+def test_charts_dropped_in_the_watch_folder_are_analysed_once_and_unusable_files_are_recorded(sqlite_engine, tmp_path, data_dir):
+    from tradelab.charts import render_chart
+    clock = ManualClock("2024-06-03T00:00:00Z")
+    port = synthetic_port(clock)
+    folder = tmp_path / "inbox"; folder.mkdir()
+    (folder / "BTCUSDT_60_0603.png").write_bytes(render_chart(port.klines("BTCUSDT", "60", limit=120), "BTCUSDT", "60"))
+    (folder / "ETHUSDT_240_broken.png").write_bytes(b"not an image")
+    (folder / "screenshot.png").write_bytes(render_chart(port.klines("ETHUSDT", "60", limit=120), "ETHUSDT", "60"))
+    st = Settings.model_validate({"trading": {"symbols": "SOLUSDT", "timeframes": "60"}, "analysis": {"watch_folder": str(folder)}})
+    first = run_cycle(sqlite_engine, port, st, clock=clock)
+    second = run_cycle(sqlite_engine, port, st, clock=clock)
+    assert first["analyses"] == 2 and second["analyses"] == 1  # the chart once, SOLUSDT's rendered chart each cycle (cached)
+    with Session(sqlite_engine) as s:
+        a = s.scalars(sa.select(Analysis).where(Analysis.symbol == "BTCUSDT")).one()
+        reasons = dict(s.execute(sa.select(RejectedRow.source_id, RejectedRow.reason).where(RejectedRow.source == "watch_folder")).all())
+    assert a.image_path.endswith("BTCUSDT_60_0603.png") and a.status == "accepted"
+    assert len(reasons) == 2 and any("SYMBOL_TIMEFRAME" in r for r in reasons.values())
+    assert any("broken" in k for k in reasons)

@@ -1,15 +1,17 @@
 """Paper and backtest venues: the simulator's matching engine in process, prices from elsewhere."""
+import datetime as dt
 import pandas as pd
 from tradelab.bybit import BybitPort, make_http
-from tradelab.core import D, ManualClock
+from tradelab.core import D, ManualClock, UTC
 from tradelab.exchange import OrderRequest
 from tradelab.orders import place_idempotent, reconcile
 from tradelab.paper import paper_port, synthetic_port
-from tradelab.simulator import start_in_thread
+from tradelab.simulator import Market, start_in_thread
 
 
 def test_paper_trading_fills_in_process_at_live_public_prices():
-    sim = start_in_thread()  # stands in for Bybit mainnet's public endpoints (no keys needed)
+    # stands in for Bybit mainnet's public endpoints (no keys needed); its market runs on the wall clock as mainnet's does
+    sim = start_in_thread(market=Market(start=dt.datetime.now(UTC)))
     try:
         public = BybitPort(make_http("mainnet", base_url=sim.url), "mainnet")
         sim.set_price("ETHUSDT", "3000")

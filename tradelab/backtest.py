@@ -162,18 +162,24 @@ def run_backtest(engine: sa.Engine, cache, run: str = "default", interval: str =
     counts = res["outcome"].value_counts().to_dict()
     return {"run": run, "analyses": len(res), **{k: int(counts.get(k, 0)) for k in ("target", "stop", "none", "no_data")},
             "params": params, "by_prompt": summarise(res, "prompt_version").to_dict("records"),
-            "by_symbol": summarise(res, "symbol").to_dict("records"),
+            "by_symbol": summarise(res, "symbol").to_dict("records"), "by_timeframe": summarise(res, "timeframe").to_dict("records"),
             "by_confidence": summarise(res, "confidence_bucket").to_dict("records")}
 
 # %% ../nbs/56_backtest.ipynb #cf3fd11a
 def _cmd(args, ctx) -> int:
     from tradelab.candle_cache import CandleCache, synthetic_fetch
-    cache = CandleCache(data_dir() / "candles", synthetic_fetch(), ctx.clock)
+    if args.source == "exchange":  # klines through the configured venue's port (the simulator, testnet or mainnet), cached apart
+        from tradelab.cycle import make_port
+        from tradelab.candle_cache import port_fetch
+        port = make_port(ctx.env, ctx.settings, ctx.clock)
+        cache = CandleCache(data_dir() / f"candles-{port.venue}", port_fetch(port), ctx.clock)
+    else:
+        cache = CandleCache(data_dir() / "candles", synthetic_fetch(), ctx.clock)
     res = run_backtest(ctx.engine, cache, args.run, args.interval, args.horizon, args.fee, args.slippage, ctx.clock)
     if args.json: print(dumps(res, indent=2)); return 0
     print(f"run {res['run']}: {res['analyses']} analyses -> target {res['target']}, stop {res['stop']}, "
-          f"neither {res['none']}, no candles {res['no_data']}  (interval {args.interval}, horizon {args.horizon} bars)")
-    print(pd.DataFrame(res["by_prompt"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+          f"neither {res['none']}, no candles {res['no_data']}  (interval {args.interval}, horizon {args.horizon} bars, {args.source} candles)")
+    print(pd.DataFrame(res[f"by_{args.by}"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 
 def add_cli(sub):
@@ -182,5 +188,8 @@ def add_cli(sub):
     p.add_argument("--run", default="default"); p.add_argument("--interval", default="1")
     p.add_argument("--horizon", type=int, default=1440, help="bars to wait for target or stop (default 1440)")
     p.add_argument("--fee", type=float, default=0.00055); p.add_argument("--slippage", type=float, default=0.0002)
+    p.add_argument("--source", choices=["synthetic", "exchange"], default="synthetic",
+                   help="candles from the offline synthetic market (default) or the venue in settings.ini")
+    p.add_argument("--by", choices=["prompt", "symbol", "timeframe", "confidence"], default="prompt", help="grouping printed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd)

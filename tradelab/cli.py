@@ -3,6 +3,7 @@
 # %% ../nbs/90_cli.ipynb #971bbd39
 from __future__ import annotations
 import argparse, importlib, json, os, sys
+from decimal import Decimal
 from functools import cached_property
 from .core import TradelabError, SystemClock, dumps
 
@@ -57,12 +58,24 @@ PLUGINS = {
     "resume": ("tradelab.killswitch", "lift the kill switch"),
 }
 
+def _fmt(v) -> str:
+    "A number as a person reads it in a terminal: rates to 4 places, money and counts grouped."
+    if isinstance(v, (list, tuple)): return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, bool) or v is None: return str(v)
+    if isinstance(v, (float, Decimal)): return f"{v:.4f}" if abs(v) < 10 else f"{v:,.2f}"
+    return str(v)
+
 def _print(obj, as_json: bool):
     if as_json: print(dumps(obj, indent=2))
     elif isinstance(obj, list):
-        for r in obj: print("  ".join(f"{k}={v}" for k, v in r.items()))
+        if not obj: print("(nothing yet)"); return
+        cols = list(obj[0])
+        cells = [[_fmt(r.get(c)) for c in cols] for r in obj]
+        w = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        print("  ".join(c.rjust(w[i]) for i, c in enumerate(cols)))
+        for row in cells: print("  ".join(x.rjust(w[i]) for i, x in enumerate(row)))
     else:
-        for k, v in obj.items(): print(f"{k:>18}: {v}")
+        for k, v in obj.items(): print(f"{k:>18}: {_fmt(v)}")
 
 # %% ../nbs/90_cli.ipynb #a512fff4
 def _db(args, ctx: Context) -> int:
@@ -94,6 +107,8 @@ def _config(args, ctx: Context) -> int:
 
 def _report(args, ctx: Context) -> int:
     from tradelab import analytics
+    if args.run and args.what in ("performance", "prompts"):
+        raise TradelabError(f"--run applies to calibration and compare; `tradelab backtest --run {args.run}` prints the run per prompt")
     if args.what == "performance":
         res = analytics.duck_performance(ctx.engine) if args.duckdb else analytics.performance(ctx.engine)
     elif args.what == "prompts":

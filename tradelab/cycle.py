@@ -2,7 +2,8 @@
 
 # %% ../nbs/70_cycle.ipynb #1fa568be
 from __future__ import annotations
-import datetime as dt, os
+import datetime as dt, os, re
+from pathlib import Path
 from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -17,7 +18,7 @@ from .killswitch import is_halted
 SIM_URL = "http://127.0.0.1:8790"
 
 # %% auto #0
-__all__ = ['SIM_URL', 'make_port', 'sync_trades', 'act_on', 'run_cycle', 'close_all']
+__all__ = ['SIM_URL', 'make_port', 'sync_trades', 'act_on', 'chart_name', 'watched_charts', 'run_cycle', 'close_all']
 
 # %% ../nbs/70_cycle.ipynb #b9967077
 def make_port(env, settings, clock=None):
@@ -114,6 +115,37 @@ def _enter(engine, port, t: Trade, sig: Signal, analysis_id, venue, clock) -> di
             "order": o.client_order_id, "status": o.status, "reason": o.reject_reason}
 
 # %% ../nbs/70_cycle.ipynb #285b3892
+_NAME = re.compile(r"^([A-Za-z0-9]+?)[_\-. ]+(1|3|5|15|30|60|120|240|360|720|D|W|M)(?:[_\-. ].*)?$")
+
+def chart_name(path) -> tuple[str, str] | None:
+    "Symbol and timeframe from a watched chart's file name: `BTCUSDT_60_anything.png`."
+    m = _NAME.match(Path(path).stem)
+    return (m.group(1).upper(), m.group(2)) if m else None
+
+def watched_charts(engine, port, settings, env, clock, analyzers, source, errors) -> list[dict]:
+    "Analyse the images dropped in `analysis.watch_folder` not analysed yet; unusable files are recorded with the reason."
+    from tradelab.analyzer import analyze, make_analyzer, ModelUnavailable
+    from tradelab.prompts import get_prompt
+    from tradelab.charts import pending_images
+    sec, out = settings.analysis, []
+    for path, png, err in pending_images(sec.watch_folder, engine, sec.max_image_bytes, sec.max_image_pixels):
+        name = chart_name(path)
+        if err is None and name is None: err = f"{path.name}: name it SYMBOL_TIMEFRAME_anything{path.suffix} (e.g. BTCUSDT_60_0601.png)"
+        if err is None and port.instrument(name[0]) is None: err = f"{path.name}: {name[0]} is not traded on {port.venue}"
+        if err is not None:
+            with Session(engine) as s, s.begin(): reject_row(s, "watch_folder", str(path), err)
+            errors.append(err); continue
+        sym, tf = name
+        try: candles = port.klines(sym, tf, limit=sec.candles)
+        except ExchangeError: candles = None  # the model reads the image; only the technical analyzer needs candles
+        for key in sec.prompts:
+            prompt = get_prompt(key)
+            an = (analyzers or {}).get(key) or make_analyzer(prompt, env, settings)
+            try: out.append(analyze(engine, an, prompt, sym, tf, settings, clock, image_png=png, candles=candles, source=source,
+                                    image_path=str(path)))
+            except ModelUnavailable as e: errors.append(f"{path.name} {key}: {e}")
+    return out
+
 def run_cycle(engine: sa.Engine, port, settings, env=None, clock=None, venue: str | None = None, analyzers: dict | None = None) -> dict:
     "One cycle: reconcile, sync trades, analyse, act on signals, snapshot equity. Returns what happened."
     from tradelab.analyzer import analyze, make_analyzer, ModelUnavailable
@@ -139,6 +171,8 @@ def run_cycle(engine: sa.Engine, port, settings, env=None, clock=None, venue: st
                 except ModelUnavailable as e:
                     errors.append(f"{sym} {tf} {key}: {e}"); continue  # stored; the cycle goes on
                 analyses.append(res)
+    if settings.analysis.watch_folder:
+        analyses += watched_charts(engine, port, settings, env, clock, analyzers, source, errors)
     account = _account(engine, port, venue, clock)
     for res in analyses:
         if res["status"] != "accepted" or res["recommendation"] == "HOLD" or res.get("cached"): continue

@@ -1,0 +1,43 @@
+"""Prompt comparison: win rate with its 95% interval, PnL and calibration per prompt version.
+
+Serve with `.venv/bin/panel serve apps/prompt_comparison.py` (reads DATABASE_URL or data/tradelab.db);
+the numbers are those of `tradelab report prompts` and `tradelab report calibration`.
+"""
+import pandas as pd
+import panel as pn
+import hvplot.pandas  # noqa: F401  (registers .hvplot)
+from tradelab import analytics
+from tradelab.db import make_engine
+
+
+def frames(engine, run: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Per-prompt statistics and calibration buckets as frames (floats for display only)."
+    stats = pd.DataFrame(analytics.prompt_stats(engine))
+    if len(stats):
+        stats["ci_low"] = stats["win_rate_ci95"].map(lambda c: float(c[0]) if c else None)
+        stats["ci_high"] = stats["win_rate_ci95"].map(lambda c: float(c[1]) if c else None)
+        stats["total_pnl"] = stats["total_pnl"].astype(float)
+    calib = pd.DataFrame(analytics.calibration(engine, run=run))
+    return stats, calib
+
+
+def build(engine, run: str | None = None) -> pn.viewable.Viewable:
+    "The comparison page for one database."
+    stats, calib = frames(engine, run)
+    if not len(stats):
+        return pn.Column("# Prompt comparison", "No analyses yet: run `tradelab migrate-legacy` or a trading cycle.")
+    win = stats.hvplot.bar(x="prompt_version", y="win_rate", ylim=(0, 1), title="Win rate by prompt (closed trades)", height=300)
+    err = stats.hvplot.errorbars(x="prompt_version", y="win_rate", yerr1=stats["win_rate"] - stats["ci_low"],
+                                 yerr2=stats["ci_high"] - stats["win_rate"]) if stats["ci_low"].notna().all() else None
+    pnl = stats.hvplot.bar(x="prompt_version", y="total_pnl", title="Total PnL by prompt", height=300)
+    table = pn.widgets.Tabulator(stats.drop(columns=["win_rate_ci95"]), disabled=True, show_index=False)
+    parts = [pn.pane.Markdown("# Prompt comparison"), pn.Row(win * err if err is not None else win, pnl), table]
+    if len(calib):
+        parts += [pn.pane.Markdown("## Calibration" + (f" (backtest run `{run}`)" if run else " (closed trades)")),
+                  calib.hvplot.line(x="avg_confidence", y="hit_rate", title="Hit rate by confidence", height=250)]
+    return pn.Column(*parts)
+
+
+if __name__.startswith("bokeh"):
+    pn.extension("tabulator")
+    build(make_engine(), pn.state.session_args.get("run", [b""])[0].decode() or None).servable(title="tradelab: prompts")
