@@ -16,7 +16,7 @@ def test_the_prompt_comparison_page_shows_the_report_numbers(sqlite_engine, tmp_
     from tradelab.analytics import prompt_stats
     from tradelab.legacy import migrate_legacy
     from tradelab.legacy_fixture import make_legacy_db
-    make_legacy_db(tmp_path / "old.db", n_analyses=600, n_trades=200, seed=3)
+    make_legacy_db(tmp_path / "old.db", n_analyses=1200, n_trades=400, seed=3)
     migrate_legacy(sqlite_engine, tmp_path / "old.db")
     app = _load("prompt_comparison")
     page = app.build(sqlite_engine)

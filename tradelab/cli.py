@@ -50,6 +50,7 @@ PLUGINS = {
     "prompts": ("tradelab.prompts", "list and register prompt versions"),
     "migrate-legacy": ("tradelab.legacy", "import the old bot's SQLite export"),
     "backtest": ("tradelab.backtest", "evaluate stored analyses against later candles"),
+    "replay": ("tradelab.replay", "re-run a prompt over past charts (no look-ahead) for backtesting"),
     "run": ("tradelab.pipelines", "run one pipeline notebook with papermill, recorded"),
     "worker": ("tradelab.pipelines", "take queued pipeline runs from Redis and run them"),
     "up": ("tradelab.server", "scheduler + dashboard (+ simulator when no exchange keys)"),
