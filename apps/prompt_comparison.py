@@ -16,8 +16,10 @@ def frames(engine, run: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(stats):
         stats["ci_low"] = stats["win_rate_ci95"].map(lambda c: float(c[0]) if c else None)
         stats["ci_high"] = stats["win_rate_ci95"].map(lambda c: float(c[1]) if c else None)
-        stats["total_pnl"] = stats["total_pnl"].astype(float)
+        for col in ("total_pnl", "win_rate", "avg_confidence"): stats[col] = pd.to_numeric(stats[col], errors="coerce")
     calib = pd.DataFrame(analytics.calibration(engine, run=run))
+    for col in ("hit_rate", "avg_confidence"):
+        if col in calib: calib[col] = pd.to_numeric(calib[col], errors="coerce")
     return stats, calib
 
 
@@ -27,11 +29,9 @@ def build(engine, run: str | None = None) -> pn.viewable.Viewable:
     if not len(stats):
         return pn.Column("# Prompt comparison", "No analyses yet: run `tradelab migrate-legacy` or a trading cycle.")
     win = stats.hvplot.bar(x="prompt_version", y="win_rate", ylim=(0, 1), title="Win rate by prompt (closed trades)", height=300)
-    err = stats.hvplot.errorbars(x="prompt_version", y="win_rate", yerr1=stats["win_rate"] - stats["ci_low"],
-                                 yerr2=stats["ci_high"] - stats["win_rate"]) if stats["ci_low"].notna().all() else None
     pnl = stats.hvplot.bar(x="prompt_version", y="total_pnl", title="Total PnL by prompt", height=300)
     table = pn.widgets.Tabulator(stats.drop(columns=["win_rate_ci95"]), disabled=True, show_index=False)
-    parts = [pn.pane.Markdown("# Prompt comparison"), pn.Row(win * err if err is not None else win, pnl), table]
+    parts = [pn.pane.Markdown("# Prompt comparison"), pn.Row(win, pnl), table]
     if len(calib):
         parts += [pn.pane.Markdown("## Calibration" + (f" (backtest run `{run}`)" if run else " (closed trades)")),
                   calib.hvplot.line(x="avg_confidence", y="hit_rate", title="Hit rate by confidence", height=250)]

@@ -12,7 +12,7 @@ TL = str(ROOT / ".venv" / "bin" / "tradelab")
 def run(*args, env=None, cwd=ROOT, input=None):
     e = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
     e.update(env or {})
-    return subprocess.run([TL, *args], capture_output=True, text=True, env=e, cwd=cwd, input=input, timeout=120)
+    return subprocess.run([TL, *args], capture_output=True, text=True, env=e, cwd=cwd, input=input, timeout=280)
 
 
 def test_db_upgrade_creates_the_embedded_sqlite_database(tmp_path):

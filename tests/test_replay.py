@@ -1,4 +1,5 @@
 """Prompt replay: past charts as they looked then, stored for the backtest, paid calls only when confirmed."""
+import datetime as dt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -52,7 +53,7 @@ def test_replayed_answers_are_dated_in_the_past_on_real_prices_and_scored_by_the
     assert sorted({r.created_at for r in rows}) == at
     for r in rows:
         if r.status == "accepted" and r.recommendation != "HOLD":  # unscaled back to the real market
-            real = synthetic_candles(r.symbol, "60", r.created_at.replace(hour=0), r.created_at)["close"].iloc[-1]
+            real = synthetic_candles(r.symbol, "60", r.created_at - dt.timedelta(hours=6), r.created_at)["close"].iloc[-1]
             assert abs(float(r.entry_price) / real - 1) < 0.05
     out = run_backtest(sqlite_engine, CandleCache(tmp_path / "c", synthetic_fetch()), "replay", "15", 96)
     assert out["analyses"] == sum(r.status == "accepted" and r.recommendation != "HOLD" for r in rows)
