@@ -55,13 +55,13 @@ def test_commands_refuse_an_unmigrated_database(tmp_path):
 
 
 def test_config_show_masks_secrets(tmp_path):
-    env = {"TRADELAB_DATA_DIR": str(tmp_path), "OPENAI_API_KEY": "sk-verysecretvalue1234567890", "BYBIT_API_KEY": "k3y"}
+    env = {"TRADELAB_DATA_DIR": str(tmp_path), "OPENAI_API_KEY": "not-a-key-masking-probe-1", "BYBIT_API_KEY": "k3y"}
     run("db", "upgrade", env=env)
     r = run("config", "show", "--json", env=env)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["environment"]["openai_api_key"] == "***" and out["settings"]["risk"]["max_slots"] == 5
-    assert "verysecret" not in r.stdout and "k3y" not in r.stdout
+    assert "masking-probe" not in r.stdout and "k3y" not in r.stdout
 
 
 def test_report_performance_json_has_the_contract_keys(tmp_path):
