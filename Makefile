@@ -8,7 +8,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export NUMBA_CACHE_DIR := $(abspath .cache/numba)
 export MPLCONFIGDIR := $(abspath .cache/matplotlib)
-export PYTHONDONTWRITEBYTECODE := 1
 BIN := $(VENV)/bin
 
 help:
@@ -37,7 +36,10 @@ check-notebooks: install
 services:
 	bash tools/services.sh
 
-test: install services check-notebooks
+chromium:
+	bash tools/chromium.sh
+
+test: install services chromium check-notebooks
 	$(BIN)/nbdev-test --n-workers 1 nbs
 	$(BIN)/pytest -q
 
@@ -47,4 +49,4 @@ bench: install services
 demo: install
 	bash tools/demo.sh
 
-.PHONY: help install export check-notebooks services test bench demo
+.PHONY: help install export check-notebooks services chromium test bench demo

@@ -3,6 +3,7 @@
 # %% ../nbs/15_analytics.ipynb #4ee09048
 from __future__ import annotations
 import math
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 import duckdb, pyarrow as pa
 import sqlalchemy as sa
@@ -69,16 +70,22 @@ def _analyses_by_prompt(engine, conn):
     return conn.exec_driver_sql(f"""select prompt_version, count(*), count(confidence), avg({_float_cast(engine, 'confidence')})
                                    from analyses group by prompt_version""").fetchall()
 
+def _positive(engine, col: str) -> str:
+    "SQL true when a `Dec` column is > 0; on SQLite from the normalised text itself (exact, and no cast per row)."
+    return f"({col} not like '-%' and {col} <> '0')" if engine.dialect.name == "sqlite" else f"{col} > 0"
+
 def _trades_by_prompt(engine, conn):
     "(prompt_version, closed, wins, exact total pnl) over closed trades, aggregated in the database."
-    return conn.exec_driver_sql(f"""select prompt_version, count(*), sum(case when {_float_cast(engine, 'pnl')} > 0 then 1 else 0 end),
+    return conn.exec_driver_sql(f"""select prompt_version, count(*), sum(case when {_positive(engine, 'pnl')} then 1 else 0 end),
                                    {exact_sum(engine, 'pnl')} from trades where status = 'closed' group by prompt_version""").fetchall()
 
 def prompt_stats(engine: sa.Engine) -> list[dict]:
     "One row per prompt version: analyses, closed trades, wins, win rate with CI, PnL (exact), mean confidence."
-    with engine.connect() as c:
-        an = _analyses_by_prompt(engine, c)
-        tr = _trades_by_prompt(engine, c)
+    def on_own_connection(f):
+        with engine.connect() as c: return f(engine, c)
+    # the two aggregates are independent scans: on two connections they overlap (the drivers release the GIL)
+    with ThreadPoolExecutor(2) as pool:
+        an, tr = pool.map(on_own_connection, (_analyses_by_prompt, _trades_by_prompt))
     out = {pv: {"analyses": n, "conf": cf, "closed": 0, "wins": 0, "pnl": Decimal(0)} for pv, n, _, cf in an}
     for pv, n, w, p in tr:
         r = out.setdefault(pv, {"analyses": 0, "conf": None})

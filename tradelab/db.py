@@ -143,7 +143,7 @@ class Trade(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
     analysis: Mapped[Analysis | None] = relationship(back_populates="trades")
-    __table_args__ = (Index(None, "status"), Index(None, "symbol"), Index(None, "prompt_version"), Index(None, "closed_at"))
+    __table_args__ = (Index(None, "status", "prompt_version", "pnl"), Index(None, "symbol"), Index(None, "prompt_version"), Index(None, "closed_at"))
 
 class Order(Base):
     "An order we decided to send; the client order id (Bybit orderLinkId) is stored before sending."
@@ -300,7 +300,7 @@ class _DecimalSum:
     "SQLite aggregate `dsum`: an exact sum of decimal text (SQLite's own sum() goes through floats)."
     def __init__(self): self.total = Decimal(0)
     def step(self, v):
-        if v is not None: self.total += Decimal(str(v))
+        if v is not None: self.total += Decimal(v) if type(v) is str else Decimal(str(v))
     def finalize(self): return str(self.total)
 
 def _sqlite_pragmas(dbapi_conn, _):
