@@ -73,3 +73,22 @@ def test_backtest_command_prints_json(data_dir, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["analyses"] == out["target"] + out["stop"] + out["none"] + out["no_data"]
     assert (data_dir / "candles" / "BTCUSDT" / "15").is_dir()
+
+
+def test_candles_come_from_the_exchange_port_paginated_and_are_then_served_from_parquet(tmp_path):
+    from tradelab.bybit import BybitPort, make_http
+    from tradelab.candle_cache import port_fetch
+    from tradelab.simulator import start_in_thread
+    sim = start_in_thread()
+    try:
+        port = BybitPort(make_http("testnet", "tradelab-sim", "tradelab-sim-secret", sim.url, timeout=5), "sim", backoff=0.01)
+        cache = CandleCache(tmp_path / "candles", port_fetch(port))
+        got = cache.get("BTCUSDT", "15", "2024-04-20", "2024-05-10")  # 1,920 candles: two kline pages, two month files
+        direct = port.klines("BTCUSDT", "15", "2024-04-20", "2024-05-10")
+    finally: sim.stop()
+    assert len(got) == 20 * 96 and (got.index[1:] - got.index[:-1] == pd.Timedelta(minutes=15)).all()
+    pd.testing.assert_frame_equal(got, direct, check_freq=False, check_dtype=False)
+    assert sorted(p.name for p in (tmp_path / "candles" / "BTCUSDT" / "15").iterdir()) == ["2024-04.parquet", "2024-05.parquet"]
+    fetched = cache.fetches
+    again = cache.get("BTCUSDT", "15", "2024-04-25", "2024-05-02")  # the simulator is gone: only the cache can answer
+    assert cache.fetches == fetched and len(again) == 7 * 96 and again.equals(got.loc["2024-04-25":"2024-05-01 23:45"])

@@ -233,7 +233,12 @@ def _handlers():
             limit = max(1, min(int(q.get("limit", 200)), 1000))
         except Exception as e: return web.json_response(envelope(code=10001, msg=f"params error: {e}"))
         end = dt.datetime.fromtimestamp(int(q["end"]) / 1000, UTC) if q.get("end") else None
-        c = self.market.candles(spec.symbol, iv, limit, end)
+        step = interval_seconds(iv)
+        if end is not None and step <= 86_400:  # `end` selects by candle start: the candle containing it is whole
+            close = dt.datetime.fromtimestamp((end.timestamp() // step + 1) * step, UTC)
+            c = self.market.candles(spec.symbol, iv, limit + 1, min(close, self.market.now()))
+            c = c[c.index <= end].iloc[-limit:]
+        else: c = self.market.candles(spec.symbol, iv, limit, end)
         if q.get("start"): c = c[c.index >= dt.datetime.fromtimestamp(int(q["start"]) / 1000, UTC)]
         return self._ok({"category": "linear", "symbol": spec.symbol, "list": self._rows(spec, c)})
 
