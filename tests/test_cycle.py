@@ -120,3 +120,24 @@ def test_charts_dropped_in_the_watch_folder_are_analysed_once_and_unusable_files
     assert a.image_path.endswith("BTCUSDT_60_0603.png") and a.status == "accepted"
     assert len(reasons) == 2 and any("SYMBOL_TIMEFRAME" in r for r in reasons.values())
     assert any("broken" in k for k in reasons)
+
+
+def test_a_model_that_hangs_or_answers_prose_is_recorded_and_the_cycle_goes_on(sqlite_engine, monkeypatch, data_dir):
+    from tradelab.fakellm import start_fake_llm
+    fake = start_fake_llm()
+    try:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url); monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-cycle-probe")
+        fake.push("hang", 3).push("text", "Looks bullish to me!")  # BTCUSDT's chart never answered, ETHUSDT's in prose
+        clock = ManualClock("2024-06-03T00:00:00Z")
+        st = Settings.model_validate({"trading": {"symbols": "BTCUSDT,ETHUSDT", "timeframes": "60"},
+                                      "analysis": {"prompts": "chart_read@1,technical@1", "timeout_seconds": 0.5, "max_retries": 0}})
+        out = run_cycle(sqlite_engine, synthetic_port(clock), st, env=load_env(), clock=clock)
+    finally: fake.stop()
+    assert len(out["errors"]) == 1 and out["errors"][0].startswith("BTCUSDT 60 chart_read@1") and "did not answer" in out["errors"][0]
+    assert out["analyses"] == 3 and out["accepted"] == 2  # both technical reads went on; the prose answer is a rejection
+    with Session(sqlite_engine) as s:
+        rows = {(a.symbol, a.prompt_version): (a.status, a.reject_reason) for a in s.scalars(sa.select(Analysis))}
+    assert rows[("BTCUSDT", "chart_read@1")][0] == "error"
+    assert rows[("ETHUSDT", "chart_read@1")][0] == "rejected" and "not JSON" in rows[("ETHUSDT", "chart_read@1")][1]
+    assert rows[("BTCUSDT", "technical@1")][0] == rows[("ETHUSDT", "technical@1")][0] == "accepted"
+    assert len(out["actions"]) == out["signals"]
