@@ -2,7 +2,8 @@
 import json, queue, time, urllib.request
 import pytest
 import requests
-from pybit.unified_trading import HTTP, WebSocket
+from pybit.unified_trading import HTTP
+from tradelab.bybit import BybitWebSocket
 from pybit.exceptions import InvalidRequestError
 from tradelab.simulator import start_in_thread, sign, DEFAULT_KEY, DEFAULT_SECRET
 
@@ -22,8 +23,8 @@ def http(sim, key=DEFAULT_KEY, secret=DEFAULT_SECRET, **kw):
     return s
 
 
-class SimWebSocket(WebSocket):
-    "pybit's WebSocket pointed at the simulator (pybit formats wss://{SUBDOMAIN}.{DOMAIN}...; we swap the host part)."
+class SimWebSocket(BybitWebSocket):
+    "pybit's WebSocket (as our adapter subclasses it) pointed at the simulator: pybit formats wss://{SUBDOMAIN}.{DOMAIN}..., we swap the host part."
     def __init__(self, base, channel_type, **kw):
         self._base = base; super().__init__(channel_type, **kw)
     def _connect(self, url):

@@ -77,6 +77,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'tradelab.bybit.BybitWebSocket': ('bybit.html#bybitwebsocket', 'tradelab/bybit.py'),
                                 'tradelab.bybit.BybitWebSocket.__init__': ('bybit.html#bybitwebsocket.__init__', 'tradelab/bybit.py'),
                                 'tradelab.bybit.BybitWebSocket._connect': ('bybit.html#bybitwebsocket._connect', 'tradelab/bybit.py'),
+                                'tradelab.bybit.BybitWebSocket._process_subscription_message': ( 'bybit.html#bybitwebsocket._process_subscription_message',
+                                                                                                 'tradelab/bybit.py'),
                                 'tradelab.bybit._dec': ('bybit.html#_dec', 'tradelab/bybit.py'),
                                 'tradelab.bybit._order_state': ('bybit.html#_order_state', 'tradelab/bybit.py'),
                                 'tradelab.bybit._timestamp': ('bybit.html#_timestamp', 'tradelab/bybit.py'),

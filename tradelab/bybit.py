@@ -52,6 +52,11 @@ class BybitWebSocket(WebSocket):
         super().__init__(channel_type, **kw)
     def _connect(self, url):
         super()._connect(ws_url_for(self._base_url, url) if "{" in url or url.startswith("wss://") else url)
+    def _process_subscription_message(self, message):
+        # pybit records a subscription just after sending it; an answer over loopback can arrive first (KeyError, socket closed)
+        rid, deadline = message.get("req_id"), time.monotonic() + 2
+        while rid and rid not in self.subscriptions and time.monotonic() < deadline: time.sleep(0.001)
+        return super()._process_subscription_message(message)
 
 # %% ../nbs/34_bybit.ipynb #1b508a63
 def _dec(v) -> Decimal: return D(v) if v not in (None, "") else Decimal(0)

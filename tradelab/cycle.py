@@ -79,11 +79,15 @@ def sync_trades(engine, port, venue, clock) -> dict:
     return out
 
 # %% ../nbs/70_cycle.ipynb #e0c44499
-def _returns(port, symbol, days) -> list[float]:
+def _returns(port, symbol, days, cache: dict | None = None) -> list[float]:
+    "Daily close-to-close returns over `days`; `cache` (one per cycle) saves reading a symbol's klines again."
+    if cache is not None and (symbol, days) in cache: return cache[(symbol, days)]
     c = port.klines(symbol, "D", limit=days + 1)
-    return list(c["close"].pct_change().dropna()) if len(c) > 2 else []
+    out = list(c["close"].pct_change().dropna()) if len(c) > 2 else []
+    if cache is not None: cache[(symbol, days)] = out
+    return out
 
-def act_on(engine, port, analysis: dict, settings, venue, clock, account: Account) -> dict:
+def act_on(engine, port, analysis: dict, settings, venue, clock, account: Account, returns_cache: dict | None = None) -> dict:
     "Risk-check one accepted analysis and, if approved, open a trade with one idempotent entry order (TP/SL attached)."
     sym, rec = analysis["symbol"], analysis["recommendation"]
     inst = port.instrument(sym)
@@ -91,7 +95,8 @@ def act_on(engine, port, analysis: dict, settings, venue, clock, account: Accoun
     with Session(engine, expire_on_commit=False) as s:  # acting twice on one analysis (a re-run after a crash) reuses its trade
         t = s.scalars(sa.select(Trade).where(Trade.analysis_id == analysis["id"], Trade.venue == venue)).first()
     if t is not None: return _enter(engine, port, t, sig, analysis["id"], venue, clock)
-    rets = {s: _returns(port, s, settings.risk.correlation_lookback_days) for s in {sym, *(p.symbol for p in account.positions)}} if account.positions else None
+    lookback = settings.risk.correlation_lookback_days
+    rets = {s: _returns(port, s, lookback, returns_cache) for s in {sym, *(p.symbol for p in account.positions)}} if account.positions else None
     d = validate(sig, account, settings.risk, Limits(inst.qty_step, inst.min_qty, inst.min_notional), settings.trading.leverage, rets)
     if not d.approved:
         with Session(engine) as s, s.begin():
@@ -173,12 +178,12 @@ def run_cycle(engine: sa.Engine, port, settings, env=None, clock=None, venue: st
                 analyses.append(res)
     if settings.analysis.watch_folder:
         analyses += watched_charts(engine, port, settings, env, clock, analyzers, source, errors)
-    account = _account(engine, port, venue, clock)
+    account, returns_cache = _account(engine, port, venue, clock), {}
     for res in analyses:
         if res["status"] != "accepted" or res["recommendation"] == "HOLD" or res.get("cached"): continue
         if halted:
             actions.append({"analysis": res["id"], "decision": "skipped", "reason": "kill switch"}); continue
-        try: act = act_on(engine, port, res, settings, venue, clock, account)
+        try: act = act_on(engine, port, res, settings, venue, clock, account, returns_cache)
         except ExchangeError as e: act = {"analysis": res["id"], "decision": "error", "reason": str(e)}
         actions.append(act)
         if act["decision"] == "placed": account = _account(engine, port, venue, clock)
