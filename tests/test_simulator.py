@@ -7,7 +7,7 @@ from tradelab.bybit import BybitWebSocket
 from pybit.exceptions import InvalidRequestError
 from tradelab.simulator import start_in_thread, sign, DEFAULT_KEY, DEFAULT_SECRET
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails fast; a starved machine still passes
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def err(fn, **kw):
     return ei.value.status_code
 
 
-def wait_for(q, pred, timeout=10):
+def wait_for(q, pred, timeout=30):
     end = time.time() + timeout
     while time.time() < end:
         try: m = q.get(timeout=0.2)
