@@ -38,7 +38,7 @@ def setup(engine, data_dir):
 def run(setup, fake, *behaviours, image=None, prompt="chart_read@1", retries=2, timeout=5):
     engine, st, clock = setup
     for b in behaviours: fake.push(*b)
-    an = OpenAIAnalyzer("sk-test", fake.base_url, "gpt-4o", timeout=timeout, max_retries=retries)
+    an = OpenAIAnalyzer("not-a-key-test", fake.base_url, "gpt-4o", timeout=timeout, max_retries=retries)
     img = image or render_chart(CANDLES, "BTCUSDT", "60", ChartSpec(levels=(PX,)))
     return analyze(engine, an, PROMPTS[prompt], "BTCUSDT", "60", st, clock, image_png=img, candles=CANDLES)
 
@@ -189,7 +189,7 @@ def test_analyze_command_stores_a_technical_analysis_offline(data_dir, capsys):
 
 
 def test_analyze_command_with_an_image_against_the_fake_model(data_dir, fake, monkeypatch, capsys, tmp_path):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test"); monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-test"); monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
     img = tmp_path / "shot.png"; img.write_bytes(render_chart(CANDLES, "BTCUSDT", "60"))
     fake.push("json", GOOD)
     assert main(["db", "upgrade"]) == 0
