@@ -4,6 +4,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
   'syms': { 'tradelab.analytics': { 'tradelab.analytics._analyses_by_prompt': ( 'analytics.html#_analyses_by_prompt',
                                                                                 'tradelab/analytics.py'),
                                     'tradelab.analytics._binom_two_sided': ('analytics.html#_binom_two_sided', 'tradelab/analytics.py'),
+                                    'tradelab.analytics._by_prompt': ('analytics.html#_by_prompt', 'tradelab/analytics.py'),
                                     'tradelab.analytics._closed_pnls': ('analytics.html#_closed_pnls', 'tradelab/analytics.py'),
                                     'tradelab.analytics._float_cast': ('analytics.html#_float_cast', 'tradelab/analytics.py'),
                                     'tradelab.analytics._num': ('analytics.html#_num', 'tradelab/analytics.py'),

@@ -79,13 +79,18 @@ def _trades_by_prompt(engine, conn):
     return conn.exec_driver_sql(f"""select prompt_version, count(*), sum(case when {_positive(engine, 'pnl')} then 1 else 0 end),
                                    {exact_sum(engine, 'pnl')} from trades where status = 'closed' group by prompt_version""").fetchall()
 
-def prompt_stats(engine: sa.Engine) -> list[dict]:
-    "One row per prompt version: analyses, closed trades, wins, win rate with CI, PnL (exact), mean confidence."
+def _by_prompt(engine) -> tuple[list, list]:
+    "(analyses by prompt, closed trades by prompt), each aggregated in the database."
     def on_own_connection(f):
         with engine.connect() as c: return f(engine, c)
     # the two aggregates are independent scans: on two connections they overlap (the drivers release the GIL)
     with ThreadPoolExecutor(2) as pool:
         an, tr = pool.map(on_own_connection, (_analyses_by_prompt, _trades_by_prompt))
+    return an, tr
+
+def prompt_stats(engine: sa.Engine) -> list[dict]:
+    "One row per prompt version: analyses, closed trades, wins, win rate with CI, PnL (exact), mean confidence."
+    an, tr = _by_prompt(engine)
     out = {pv: {"analyses": n, "conf": cf, "closed": 0, "wins": 0, "pnl": Decimal(0)} for pv, n, _, cf in an}
     for pv, n, w, p in tr:
         r = out.setdefault(pv, {"analyses": 0, "conf": None})
@@ -137,7 +142,7 @@ def duck_performance(engine: sa.Engine) -> dict:
 
 def duck_prompt_stats(engine: sa.Engine) -> list[dict]:
     "`prompt_stats` by DuckDB over the store's pushed-down group-bys (Arrow in, exact decimals kept)."
-    with engine.connect() as c: an, tr = _analyses_by_prompt(engine, c), _trades_by_prompt(engine, c)
+    an, tr = _by_prompt(engine)
     a = pa.table({"pv": pa.array([r[0] for r in an], pa.string()), "n": pa.array([r[1] for r in an], pa.int64()),
                   "conf": pa.array([None if r[3] is None else float(r[3]) for r in an], pa.float64())})
     t = pa.table({"pv": pa.array([r[0] for r in tr], pa.string()), "closed": pa.array([r[1] for r in tr], pa.int64()),
