@@ -9,6 +9,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tradelab.analytics import duck_prompt_stats, prompt_stats
+
+
+def median_time(f, *args, reps=5) -> float:
+    "Median seconds of `f(*args)` after one warm-up call (imports and first connections are not the query)."
+    f(*args); ts = []
+    for _ in range(reps):
+        t = time.perf_counter(); f(*args); ts.append(time.perf_counter() - t)
+    return sorted(ts)[reps // 2]
 from tradelab.core import UTC
 from tradelab.db import Analysis, make_engine
 from tradelab.migrate import upgrade
@@ -54,8 +62,7 @@ def bench(name, eng):
             c.execute(sa.select(table).where(table.c.symbol == "BTCUSDT", table.c.timeframe == "60")
                       .order_by(table.c.created_at.desc()).limit(50)).fetchall()
     recent = q2 / (time.perf_counter() - t)
-    t = time.perf_counter(); prompt_stats(eng); sql_stats = time.perf_counter() - t
-    t = time.perf_counter(); duck_prompt_stats(eng); duck_stats = time.perf_counter() - t
+    sql_stats, duck_stats = (median_time(f, eng) for f in (prompt_stats, duck_prompt_stats))
     print(f"{name:>10}: insert {N / ins:,.0f} analyses/s ({ins:.2f} s for {N:,}); point query {point:,.0f}/s; "
           f"latest-50 query {recent:,.0f}/s; prompt stats SQL {sql_stats * 1000:.0f} ms, DuckDB {duck_stats * 1000:.0f} ms")
 
