@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 from .candles import validate_candles
 
 UP, DOWN, BG, FG, GRID = "#26a69a", "#ef5350", "#131722", "#d1d4dc", "#2a2e39"
@@ -51,8 +51,8 @@ def _font(size: int):
     return ImageFont.truetype(str(path), size) if path.exists() else ImageFont.load_default(size)
 
 def _blend(color: str, alpha: float, bg: str = BG) -> tuple:
-    c, b = (tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)) for h in (color, bg))
-    return tuple(round(alpha * x + (1 - alpha) * y) for x, y in zip(c, b))
+    "`color` at `alpha` over `bg`, as an opaque RGB tuple."
+    return tuple(round(alpha * x + (1 - alpha) * y) for x, y in zip(ImageColor.getrgb(color), ImageColor.getrgb(bg)))
 
 def _dashed(d: ImageDraw.ImageDraw, pts: np.ndarray, fill, on: int = 2):
     "Every other run of `on` segments of a polyline: a dashed line."
