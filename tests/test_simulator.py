@@ -239,3 +239,17 @@ def test_bad_auth_is_refused_with_success_false(sim):
         c.send(json.dumps({"op": "subscribe", "req_id": "s", "args": ["execution"]}))
         assert json.loads(c.recv())["success"] is False
     finally: c.close()
+
+
+def test_a_subscription_answer_that_arrives_before_pybit_records_the_request_is_not_fatal(sim):
+    import threading
+    w = ws(sim, "linear")
+    try:
+        sub = json.dumps({"op": "subscribe", "req_id": "late-1", "args": ["tickers.BTCUSDT"]})
+        # pybit sends, then records; here the answer is handled while the record is still 50 ms away
+        threading.Timer(0.05, lambda: w.subscriptions.__setitem__("late-1", sub)).start()
+        w._process_subscription_message({"success": True, "ret_msg": "", "conn_id": "sim", "req_id": "late-1", "op": "subscribe"})
+        assert w.is_connected()
+        got = queue.Queue(); w.ticker_stream(symbol="ETHUSDT", callback=got.put)
+        assert wait_for(got, lambda m: m.get("topic") == "tickers.ETHUSDT")  # the socket still works
+    finally: w.exit()
