@@ -160,3 +160,34 @@ def test_an_exchange_order_the_database_does_not_know_is_recorded_and_flagged(si
     assert out["unknown_on_db"] == 1 and reconcile(sqlite_engine, p, "sim")["unknown_on_db"] == 0
     with sqlite_engine.connect() as c:
         assert c.execute(sa.select(Order.flags, Order.client_order_id)).one() == ("unknown_on_db", "manual-1")
+
+
+def test_a_take_profit_close_is_marked_take_profit_through_pybit_from_the_simulator(sim):
+    p = port_for(sim)
+    sim.set_price("ETHUSDT", "3000")
+    p.place_order(OrderRequest("ETHUSDT", "Buy", D("0.5"), take_profit=D("3100"), stop_loss=D("2900"), order_link_id="tp-1"))
+    sim.set_price("ETHUSDT", "3101")
+    entry, exit_ = p.executions(symbol="ETHUSDT")
+    assert (entry.order_link_id, entry.create_type, entry.stop_order_type) == ("tp-1", "CreateByUser", "")
+    assert (exit_.stop_order_type, exit_.create_type, exit_.exec_type, exit_.side) == ("TakeProfit", "CreateByTakeProfit", "Trade", "Sell")
+    assert p.order_by_link_id("ETHUSDT", "tp-1").create_type == "CreateByUser"
+    raw = p.http.get_order_history(category="linear", orderId=exit_.order_id)["result"]["list"][0]
+    assert (raw["stopOrderType"], raw["createType"], raw["reduceOnly"]) == ("TakeProfit", "CreateByTakeProfit", True)
+
+
+def test_a_stop_loss_close_is_marked_stop_loss_in_the_private_execution_push(sim):
+    p = port_for(sim)
+    sim.set_price("BTCUSDT", "60000")
+    got = []
+    ws = BybitWebSocket("private", base_url=sim.url, testnet=False, api_key=KEY, api_secret=SECRET)
+    try:
+        ws.execution_stream(lambda m: got.extend(m["data"]))
+        subscribed = lambda: any("execution" in w.topics for w in sim.sim.sockets)
+        deadline = time.time() + 30
+        while not sim.call(subscribed) and time.time() < deadline: time.sleep(0.02)
+        p.place_order(OrderRequest("BTCUSDT", "Sell", D("0.01"), stop_loss=D("61000"), order_link_id="sl-1"))
+        sim.set_price("BTCUSDT", "61500")
+        deadline = time.time() + 30
+        while len(got) < 2 and time.time() < deadline: time.sleep(0.02)
+    finally: ws.exit()
+    assert [(x["stopOrderType"], x["createType"]) for x in got] == [("", "CreateByUser"), ("StopLoss", "CreateByStopLoss")]

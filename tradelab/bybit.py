@@ -2,23 +2,25 @@
 
 # %% ../nbs/34_bybit.ipynb #d42ae9ab
 from __future__ import annotations
-import re, time
+import logging, re, time
 from decimal import Decimal
 import pandas as pd
 import requests
 from pybit import _helpers as _pybit_helpers
 from pybit.exceptions import InvalidRequestError, FailedRequestError
 from pybit.unified_trading import HTTP, WebSocket
+from fastcore.basics import patch
 from .core import D, dstr, SystemClock, TradelabError, parse_time
 from .candles import from_bybit_rows, normalize_interval, interval_seconds, empty_candles
 from .exchange import (Instrument, Ticker, OrderRequest, OrderState, Position, Execution, ExchangeError, RetryableError,
-                               AmbiguousError, RejectedError, DuplicateOrderError, AuthError, prepare_order)
+                               AmbiguousError, RejectedError, DuplicateOrderError, AuthError, prepare_order, v5_decimal,
+                               order_from_v5, execution_from_v5, position_from_v5)
 
 RETRYABLE = {10006, 10016, 10000, 10018}
 BASE_URLS = {"mainnet": "https://api.bybit.com", "testnet": "https://api-testnet.bybit.com", "demo": "https://api-demo.bybit.com"}
 
 # %% auto #0
-__all__ = ['RETRYABLE', 'BASE_URLS', 'set_time_offset', 'make_http', 'ws_url_for', 'BybitWebSocket', 'BybitPort']
+__all__ = ['RETRYABLE', 'BASE_URLS', 'log', 'set_time_offset', 'make_http', 'ws_url_for', 'BybitWebSocket', 'BybitPort']
 
 # %% ../nbs/34_bybit.ipynb #433a1078
 _offset_ms = 0
@@ -59,175 +61,213 @@ class BybitWebSocket(WebSocket):
         return super()._process_subscription_message(message)
 
 # %% ../nbs/34_bybit.ipynb #1b508a63
-def _dec(v) -> Decimal: return D(v) if v not in (None, "") else Decimal(0)
+log = logging.getLogger(__name__)
 
-def _order_state(o: dict) -> OrderState:
-    ap = o.get("avgPrice")
-    return OrderState(o["orderId"], o.get("orderLinkId", ""), o["symbol"], o["side"], o["orderStatus"], _dec(o["qty"]),
-                      _dec(o.get("cumExecQty")), D(ap) if ap not in (None, "", "0") else None, int(o.get("createdTime") or 0))
+def _ids(params: dict) -> str:
+    "What names a request in the log: symbol and order ids, never credentials."
+    return " ".join(f"{k}={params[k]}" for k in ("symbol", "orderLinkId", "orderId") if params.get(k))
 
 class BybitPort:
     "The exchange port on pybit. `env` names the account in messages (testnet|demo|mainnet|sim)."
-    def __init__(self, http: HTTP, env: str = "testnet", clock=None, retries: int = 4, backoff: float = 0.1, venue: str | None = None):
+    def __init__(self, http: HTTP, env: str = "testnet", clock=None, retries: int = 4, backoff: float = 0.1,
+                 venue: str | None = None):
         self.http, self.env, self.clock = http, env, clock or SystemClock()
         self.retries, self.backoff = retries, backoff
         self.venue = venue or env
         self._instruments: dict | None = None
         self.calls = {"requests": 0, "retries": 0, "resyncs": 0}
 
-    @classmethod
-    def from_env(cls, env, clock=None) -> "BybitPort":
-        "From the environment: BYBIT_API_KEY/SECRET, BYBIT_ENV, BYBIT_BASE_URL (the simulator)."
-        key = env.bybit_api_key.get_secret_value() if env.bybit_api_key else None
-        sec = env.bybit_api_secret.get_secret_value() if env.bybit_api_secret else None
-        name = "sim" if env.bybit_base_url else env.bybit_env
-        return cls(make_http(env.bybit_env, key, sec, env.bybit_base_url or None), name, clock, venue=name)
+# %% ../nbs/34_bybit.ipynb #412fb4ee
+@patch
+def _retry(self: BybitPort, fn, attempt: int, why: str, params: dict) -> None:
+    self.calls["retries"] += 1
+    wait = self.backoff * 2 ** attempt
+    log.warning("bybit %s %s %s: %s; retry %d/%d after %.2fs back-off", self.env, fn.__name__, _ids(params), why,
+                attempt + 1, self.retries, wait)
+    time.sleep(wait)
 
-    # -- one call, our policy
-    def _call(self, fn, *, sending_order: bool = False, **params) -> dict:
-        resynced = False
-        for attempt in range(self.retries + 1):
-            self.calls["requests"] += 1
-            try:
-                return fn(**params)["result"]
-            except InvalidRequestError as e:
-                code, msg = e.status_code, e.message
-                if code in (10003, 10004, 10005):
-                    raise AuthError(f"Bybit refused the request ({code} {msg}): check your Bybit key for {self.env} "
-                                    "(BYBIT_API_KEY / BYBIT_API_SECRET, permissions, IP whitelist)", code) from None
-                if code == 10002 and not resynced:
-                    self.sync_time(); resynced = True; continue
-                if code == 110072: raise DuplicateOrderError(f"orderLinkId already used ({msg})", code) from None
-                if code in RETRYABLE and attempt < self.retries:
-                    self.calls["retries"] += 1; time.sleep(self.backoff * 2 ** attempt); continue
-                if code in RETRYABLE: raise RetryableError(f"{code} {msg}: still failing after {self.retries} retries", code) from None
-                raise RejectedError(f"Bybit refused: {code} {msg}", code) from None
-            except FailedRequestError as e:
-                if sending_order and e.status_code == 409:  # pybit's "could not decode JSON": the body was lost
-                    raise AmbiguousError(f"order response unreadable ({e.message})") from None
-                if attempt < self.retries:
-                    self.calls["retries"] += 1; time.sleep(self.backoff * 2 ** attempt); continue
+@patch
+def _refused(self: BybitPort, fn, e, params: dict):
+    "The port's error for a Bybit business error, or None when the call is worth another try."
+    code, msg = e.status_code, e.message
+    if code in (10003, 10004, 10005):
+        return AuthError(f"Bybit refused the request ({code} {msg}): check your Bybit key for {self.env} "
+                         "(BYBIT_API_KEY / BYBIT_API_SECRET, permissions, IP whitelist)", code)
+    if code == 110072: return DuplicateOrderError(f"orderLinkId already used ({msg})", code)
+    if code in RETRYABLE: return None
+    log.warning("bybit %s %s %s refused: %s %s", self.env, fn.__name__, _ids(params), code, msg)
+    return RejectedError(f"Bybit refused: {code} {msg}", code)
+
+# %% ../nbs/34_bybit.ipynb #62c1df42
+@patch
+def _call(self: BybitPort, fn, *, sending_order: bool = False, **params) -> dict:
+    resynced = False
+    for attempt in range(self.retries + 1):
+        self.calls["requests"] += 1
+        try: return fn(**params)["result"]
+        except InvalidRequestError as e:
+            if e.status_code == 10002 and not resynced:
+                log.warning("bybit %s %s: timestamp outside recv window, resyncing the clock", self.env, fn.__name__)
+                self.sync_time(); resynced = True; continue
+            err = self._refused(fn, e, params)
+            if err is not None: raise err from None
+            if attempt == self.retries:
+                log.error("bybit %s %s %s: %s %s after %d retries", self.env, fn.__name__, _ids(params), e.status_code,
+                          e.message, self.retries)
+                raise RetryableError(f"{e.status_code} {e.message}: still failing after {self.retries} retries",
+                                     e.status_code) from None
+            why = f"{e.status_code} {e.message}" + (" (rate limit)" if e.status_code == 10006 else "")
+            self._retry(fn, attempt, why, params)
+        except FailedRequestError as e:
+            if sending_order and e.status_code == 409:  # pybit's "could not decode JSON": the body was lost
+                log.error("bybit %s order %s: response unreadable, outcome unknown", self.env, _ids(params))
+                raise AmbiguousError(f"order response unreadable ({e.message})") from None
+            if attempt == self.retries:
+                log.error("bybit %s %s %s: HTTP %s after %d retries", self.env, fn.__name__, _ids(params),
+                          e.status_code, self.retries)
                 raise RetryableError(f"HTTP {e.status_code}: {e.message}") from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                if sending_order: raise AmbiguousError(f"no response to the order ({type(e).__name__}); it may have been accepted") from None
-                if attempt < self.retries:
-                    self.calls["retries"] += 1; time.sleep(self.backoff * 2 ** attempt); continue
+            self._retry(fn, attempt, f"HTTP {e.status_code}", params)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            if sending_order:
+                kind = type(e).__name__
+                log.error("bybit %s order %s: no response (%s), outcome unknown", self.env, _ids(params), kind)
+                raise AmbiguousError(f"no response to the order ({kind}); it may have been accepted") from None
+            if attempt == self.retries:
+                log.error("bybit %s %s %s: network %s after %d retries", self.env, fn.__name__, _ids(params),
+                          type(e).__name__, self.retries)
                 raise RetryableError(f"network: {type(e).__name__}") from None
-        raise RetryableError("retries exhausted")
+            self._retry(fn, attempt, f"network {type(e).__name__}", params)
+    raise RetryableError("retries exhausted")
 
-    def sync_time(self) -> int:
-        "Set the signing clock offset from /v5/market/time."
-        self.calls["resyncs"] += 1
-        t0 = time.time()
-        r = self.http.get_server_time()["result"]
-        server = int(r["timeNano"]) // 1_000_000
-        offset = server - int((t0 + time.time()) / 2 * 1000)
-        set_time_offset(offset)
-        return offset
+@patch
+def sync_time(self: BybitPort) -> int:
+    "Set the signing clock offset from /v5/market/time."
+    self.calls["resyncs"] += 1
+    t0 = time.time()
+    r = self.http.get_server_time()["result"]
+    offset = int(r["timeNano"]) // 1_000_000 - int((t0 + time.time()) / 2 * 1000)
+    set_time_offset(offset)
+    log.info("bybit %s: signing clock offset %d ms", self.env, offset)
+    return offset
 
-    # -- market data
-    def instruments(self) -> dict[str, Instrument]:
-        if self._instruments is None:
-            out, cursor = {}, ""
-            while True:
-                r = self._call(self.http.get_instruments_info, category="linear", limit=1000, **({"cursor": cursor} if cursor else {}))
-                for i in r["list"]:
-                    lf, pf, lv = i["lotSizeFilter"], i["priceFilter"], i["leverageFilter"]
-                    out[i["symbol"]] = Instrument(i["symbol"], D(pf["tickSize"]), D(lf["qtyStep"]), D(lf["minOrderQty"]),
-                                                  _dec(lf.get("minNotionalValue")), _dec(lv.get("minLeverage")) or Decimal(1), _dec(lv.get("maxLeverage")))
-                cursor = r.get("nextPageCursor") or ""
-                if not cursor: break
-            self._instruments = out
-        return self._instruments
+# %% ../nbs/34_bybit.ipynb #cf86aced
+@patch
+def instruments(self: BybitPort) -> dict[str, Instrument]:
+    if self._instruments is None:
+        out, cursor = {}, ""
+        while True:
+            page = {"cursor": cursor} if cursor else {}
+            r = self._call(self.http.get_instruments_info, category="linear", limit=1000, **page)
+            for i in r["list"]:
+                lf, pf, lv = i["lotSizeFilter"], i["priceFilter"], i["leverageFilter"]
+                out[i["symbol"]] = Instrument(i["symbol"], D(pf["tickSize"]), D(lf["qtyStep"]), D(lf["minOrderQty"]),
+                                              v5_decimal(lf.get("minNotionalValue")),
+                                              v5_decimal(lv.get("minLeverage")) or Decimal(1), v5_decimal(lv.get("maxLeverage")))
+            cursor = r.get("nextPageCursor") or ""
+            if not cursor: break
+        self._instruments = out
+    return self._instruments
 
-    def instrument(self, symbol) -> Instrument | None: return self.instruments().get(symbol.upper())
+@patch
+def instrument(self: BybitPort, symbol) -> Instrument | None: return self.instruments().get(symbol.upper())
 
-    def ticker(self, symbol) -> Ticker:
-        t = self._call(self.http.get_tickers, category="linear", symbol=symbol)["list"][0]
-        return Ticker(t["symbol"], D(t["lastPrice"]), _dec(t.get("bid1Price")), _dec(t.get("ask1Price")))
+@patch
+def ticker(self: BybitPort, symbol) -> Ticker:
+    t = self._call(self.http.get_tickers, category="linear", symbol=symbol)["list"][0]
+    return Ticker(t["symbol"], D(t["lastPrice"]), v5_decimal(t.get("bid1Price")), v5_decimal(t.get("ask1Price")))
 
-    def klines(self, symbol, interval, start=None, end=None, limit: int = 200) -> pd.DataFrame:
-        "Finished candles, ascending; paginated backwards 1000 at a time when a range is asked."
-        iv = normalize_interval(interval); step = interval_seconds(iv) * 1000
-        if start is None:
-            rows = self._call(self.http.get_kline, category="linear", symbol=symbol, interval=iv, limit=min(limit + 1, 1000))["list"]
-            return from_bybit_rows(rows).iloc[-limit:]
-        s = int(parse_time(start).timestamp() * 1000)
-        e = int(parse_time(end).timestamp() * 1000) if end is not None else self.clock.ms()
-        frames, cur = [], e - 1
-        while cur >= s:
-            rows = self._call(self.http.get_kline, category="linear", symbol=symbol, interval=iv, start=s, end=cur, limit=1000)["list"]
-            if not rows: break
-            frames.append(from_bybit_rows(rows, include_unfinished=True))
-            oldest = int(rows[-1][0])
-            if oldest <= s or len(rows) < 1000: break
-            cur = oldest - 1
-        if not frames: return empty_candles()
-        df = pd.concat(frames).sort_index()
-        df = df[~df.index.duplicated()]
-        now_ms = self.clock.ms()
-        done = (df.index.asi8 // 1_000_000 + step) <= min(now_ms, e + step)
-        df = df[done]
-        return df[(df.index >= pd.Timestamp(s, unit="ms", tz="UTC")) & (df.index < pd.Timestamp(e, unit="ms", tz="UTC"))]
+# %% ../nbs/34_bybit.ipynb #38152a32
+@patch
+def klines(self: BybitPort, symbol, interval, start=None, end=None, limit: int = 200) -> pd.DataFrame:
+    "Finished candles, ascending; paginated backwards 1000 at a time when a range is asked."
+    iv = normalize_interval(interval); step = interval_seconds(iv) * 1000
+    if start is None:
+        rows = self._call(self.http.get_kline, category="linear", symbol=symbol, interval=iv,
+                          limit=min(limit + 1, 1000))["list"]
+        return from_bybit_rows(rows).iloc[-limit:]
+    s = int(parse_time(start).timestamp() * 1000)
+    e = int(parse_time(end).timestamp() * 1000) if end is not None else self.clock.ms()
+    frames, cur = [], e - 1
+    while cur >= s:
+        rows = self._call(self.http.get_kline, category="linear", symbol=symbol, interval=iv, start=s, end=cur,
+                          limit=1000)["list"]
+        if not rows: break
+        frames.append(from_bybit_rows(rows, include_unfinished=True))
+        oldest = int(rows[-1][0])
+        if oldest <= s or len(rows) < 1000: break
+        cur = oldest - 1
+    if not frames: return empty_candles()
+    df = pd.concat(frames).sort_index()
+    df = df[~df.index.duplicated()]
+    df = df[(df.index.asi8 // 1_000_000 + step) <= min(self.clock.ms(), e + step)]
+    return df[(df.index >= pd.Timestamp(s, unit="ms", tz="UTC")) & (df.index < pd.Timestamp(e, unit="ms", tz="UTC"))]
 
-    # -- account and orders
-    def equity(self) -> Decimal:
-        r = self._call(self.http.get_wallet_balance, accountType="UNIFIED")
-        return D(r["list"][0]["totalEquity"])
+# %% ../nbs/34_bybit.ipynb #df6a9fd6
+@patch
+def equity(self: BybitPort) -> Decimal:
+    r = self._call(self.http.get_wallet_balance, accountType="UNIFIED")
+    return D(r["list"][0]["totalEquity"])
 
-    def place_order(self, req: OrderRequest) -> str:
-        "Send an order (rounded and checked first); returns the exchange order id."
-        req = prepare_order(self.instrument(req.symbol), req, req.symbol)
-        p = {"category": "linear", "symbol": req.symbol, "side": req.side, "orderType": req.order_type, "qty": dstr(req.qty),
-             "positionIdx": 0, "orderLinkId": req.order_link_id}
-        if req.price is not None: p["price"] = dstr(req.price)
-        if req.take_profit: p["takeProfit"] = dstr(req.take_profit)
-        if req.stop_loss: p["stopLoss"] = dstr(req.stop_loss)
-        if req.take_profit or req.stop_loss: p["tpslMode"] = "Full"
-        if req.reduce_only: p["reduceOnly"] = True
-        return self._call(self.http.place_order, sending_order=True, **p)["orderId"]
+@patch
+def place_order(self: BybitPort, req: OrderRequest) -> str:
+    "Send an order (rounded and checked first); returns the exchange order id."
+    req = prepare_order(self.instrument(req.symbol), req, req.symbol)
+    p = {"category": "linear", "symbol": req.symbol, "side": req.side, "orderType": req.order_type, "qty": dstr(req.qty),
+         "positionIdx": 0, "orderLinkId": req.order_link_id}
+    if req.price is not None: p["price"] = dstr(req.price)
+    if req.take_profit: p["takeProfit"] = dstr(req.take_profit)
+    if req.stop_loss: p["stopLoss"] = dstr(req.stop_loss)
+    if req.take_profit or req.stop_loss: p["tpslMode"] = "Full"
+    if req.reduce_only: p["reduceOnly"] = True
+    return self._call(self.http.place_order, sending_order=True, **p)["orderId"]
 
-    def cancel_order(self, symbol, order_link_id) -> None:
-        self._call(self.http.cancel_order, category="linear", symbol=symbol, orderLinkId=order_link_id)
+@patch
+def cancel_order(self: BybitPort, symbol, order_link_id) -> None:
+    self._call(self.http.cancel_order, category="linear", symbol=symbol, orderLinkId=order_link_id)
 
-    def order_by_link_id(self, symbol, order_link_id) -> OrderState | None:
-        "The order with this orderLinkId, open or finished; None when the exchange never saw it."
-        for fn in (self.http.get_open_orders, self.http.get_order_history):
-            rows = self._call(fn, category="linear", symbol=symbol, orderLinkId=order_link_id)["list"]
-            if rows: return _order_state(rows[0])
-        return None
+# %% ../nbs/34_bybit.ipynb #7b8c766c
+@patch
+def order_by_link_id(self: BybitPort, symbol, order_link_id) -> OrderState | None:
+    "The order with this orderLinkId, open or finished; None when the exchange never saw it."
+    for fn in (self.http.get_open_orders, self.http.get_order_history):
+        rows = self._call(fn, category="linear", symbol=symbol, orderLinkId=order_link_id)["list"]
+        if rows: return order_from_v5(rows[0])
+    return None
 
-    def open_orders(self, symbol=None) -> list[OrderState]:
-        kw = {"symbol": symbol} if symbol else {"settleCoin": "USDT"}
-        return [_order_state(o) for o in self._call(self.http.get_open_orders, category="linear", **kw)["list"]]
+@patch
+def open_orders(self: BybitPort, symbol=None) -> list[OrderState]:
+    kw = {"symbol": symbol} if symbol else {"settleCoin": "USDT"}
+    return [order_from_v5(o) for o in self._call(self.http.get_open_orders, category="linear", **kw)["list"]]
 
-    def positions(self, symbol=None) -> list[Position]:
-        kw = {"symbol": symbol} if symbol else {"settleCoin": "USDT"}
-        return [Position(p["symbol"], p["side"], D(p["size"]), _dec(p["avgPrice"]), _dec(p.get("unrealisedPnl")), _dec(p.get("takeProfit")),
-                         _dec(p.get("stopLoss")), _dec(p.get("leverage")))
-                for p in self._call(self.http.get_positions, category="linear", **kw)["list"] if D(p["size"])]
+@patch
+def positions(self: BybitPort, symbol=None) -> list[Position]:
+    kw = {"symbol": symbol} if symbol else {"settleCoin": "USDT"}
+    return [position_from_v5(p) for p in self._call(self.http.get_positions, category="linear", **kw)["list"] if D(p["size"])]
 
-    def set_trading_stop(self, symbol, take_profit=None, stop_loss=None) -> None:
-        kw = {k: dstr(v) for k, v in (("takeProfit", take_profit), ("stopLoss", stop_loss)) if v is not None}
-        self._call(self.http.set_trading_stop, category="linear", symbol=symbol, positionIdx=0, tpslMode="Full", **kw)
+@patch
+def set_trading_stop(self: BybitPort, symbol, take_profit=None, stop_loss=None) -> None:
+    kw = {k: dstr(v) for k, v in (("takeProfit", take_profit), ("stopLoss", stop_loss)) if v is not None}
+    self._call(self.http.set_trading_stop, category="linear", symbol=symbol, positionIdx=0, tpslMode="Full", **kw)
 
-    def set_leverage(self, symbol, leverage) -> None:
-        try: self._call(self.http.set_leverage, category="linear", symbol=symbol, buyLeverage=dstr(leverage), sellLeverage=dstr(leverage))
-        except RejectedError as e:
-            if e.ret_code != 110043: raise  # "leverage not modified" is what we wanted
+@patch
+def set_leverage(self: BybitPort, symbol, leverage) -> None:
+    try: self._call(self.http.set_leverage, category="linear", symbol=symbol, buyLeverage=dstr(leverage),
+                    sellLeverage=dstr(leverage))
+    except RejectedError as e:
+        if e.ret_code != 110043: raise  # "leverage not modified" is what we wanted
 
-    def executions(self, since_ms: int = 0, symbol=None) -> list[Execution]:
-        kw = {"symbol": symbol} if symbol else {}
-        rows, end = [], None
-        while True:  # newest first, 100 a page: walk back with endTime until a short page
-            page = self._call(self.http.get_executions, category="linear", startTime=since_ms, limit=100,
-                              **kw, **({"endTime": end} if end is not None else {}))["list"]
-            rows += page
-            if len(page) < 100: break
-            end = min(int(x["execTime"]) for x in page) - 1
-            seen = {x["execId"] for x in rows}
-            if end < since_ms: break
-        rows = list({x["execId"]: x for x in rows}.values())
-        return sorted((Execution(x["execId"], x["orderId"], x.get("orderLinkId", ""), x["symbol"], x["side"], D(x["execQty"]),
-                                 D(x["execPrice"]), _dec(x.get("execFee")), bool(x.get("isMaker")), int(x["execTime"])) for x in rows),
-                      key=lambda x: x.time_ms)
+# %% ../nbs/34_bybit.ipynb #42d8bd6f
+@patch
+def executions(self: BybitPort, since_ms: int = 0, symbol=None) -> list[Execution]:
+    "Executions since `since_ms`, oldest first (with execType, stopOrderType and createType)."
+    kw = {"symbol": symbol} if symbol else {}
+    rows, end = [], None
+    while True:  # newest first, 100 a page: walk back with endTime until a short page
+        page = self._call(self.http.get_executions, category="linear", startTime=since_ms, limit=100,
+                          **kw, **({"endTime": end} if end is not None else {}))["list"]
+        rows += page
+        if len(page) < 100: break
+        end = min(int(x["execTime"]) for x in page) - 1
+        if end < since_ms: break
+    rows = list({x["execId"]: x for x in rows}.values())
+    return sorted(map(execution_from_v5, rows), key=lambda x: x.time_ms)

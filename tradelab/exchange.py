@@ -9,9 +9,9 @@ import pandas as pd
 from .core import D, round_step, TradelabError
 
 # %% auto #0
-__all__ = ['Instrument', 'Ticker', 'OrderRequest', 'OrderState', 'Position', 'Execution', 'ExchangeError', 'RetryableError',
-           'AmbiguousError', 'RejectedError', 'DuplicateOrderError', 'AuthError', 'prepare_order',
-           'check_price_on_tick', 'ExchangePort']
+__all__ = ['Instrument', 'Ticker', 'OrderRequest', 'OrderState', 'Position', 'Execution', 'v5_decimal', 'order_from_v5',
+           'execution_from_v5', 'position_from_v5', 'ExchangeError', 'RetryableError', 'AmbiguousError',
+           'RejectedError', 'DuplicateOrderError', 'AuthError', 'prepare_order', 'check_price_on_tick', 'ExchangePort']
 
 # %% ../nbs/30_exchange.ipynb #51529a8f
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class OrderState:
     filled_qty: Decimal
     avg_price: Decimal | None
     created_ms: int = 0
+    create_type: str = ""  # CreateByUser, or CreateByTakeProfit/CreateByStopLoss/CreateByLiq when the exchange made it
+    stop_order_type: str = ""  # TakeProfit/StopLoss for a triggered TP/SL order, "" for a plain one
 
 @dataclass(frozen=True)
 class Position:
@@ -84,6 +86,32 @@ class Execution:
     fee: Decimal
     is_maker: bool
     time_ms: int
+    exec_type: str = "Trade"  # Trade, or BustTrade for a liquidation
+    stop_order_type: str = ""  # TakeProfit/StopLoss when a position's TP/SL closed it
+    create_type: str = ""  # CreateByUser, CreateByTakeProfit, CreateByStopLoss, CreateByLiq
+
+# %% ../nbs/30_exchange.ipynb #1142c7e2
+def v5_decimal(v) -> Decimal:
+    "A V5 number string as a Decimal; `\"\"` or missing is 0."
+    return D(v) if v not in (None, "") else Decimal(0)
+
+def order_from_v5(o: dict) -> OrderState:
+    "An order row of /v5/order/realtime|history (or the private `order` topic) as an `OrderState`."
+    ap = o.get("avgPrice")
+    return OrderState(o["orderId"], o.get("orderLinkId", ""), o["symbol"], o["side"], o["orderStatus"], v5_decimal(o["qty"]),
+                      v5_decimal(o.get("cumExecQty")), D(ap) if ap not in (None, "", "0") else None, int(o.get("createdTime") or 0),
+                      o.get("createType") or "", o.get("stopOrderType") or "")
+
+def execution_from_v5(x: dict) -> Execution:
+    "A row of /v5/execution/list (or the private `execution` topic) as an `Execution`."
+    return Execution(x["execId"], x["orderId"], x.get("orderLinkId", ""), x["symbol"], x["side"], D(x["execQty"]),
+                     D(x["execPrice"]), v5_decimal(x.get("execFee")), bool(x.get("isMaker")), int(x["execTime"]),
+                     x.get("execType") or "Trade", x.get("stopOrderType") or "", x.get("createType") or "")
+
+def position_from_v5(p: dict) -> Position:
+    "A row of /v5/position/list as a `Position`."
+    return Position(p["symbol"], p["side"], D(p["size"]), v5_decimal(p["avgPrice"]), v5_decimal(p.get("unrealisedPnl")),
+                    v5_decimal(p.get("takeProfit")), v5_decimal(p.get("stopLoss")), v5_decimal(p.get("leverage")))
 
 # %% ../nbs/30_exchange.ipynb #e74b0cff
 class ExchangeError(TradelabError):

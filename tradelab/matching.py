@@ -158,7 +158,8 @@ def _place(self, p: dict) -> dict:
              "price": dstr(price) if price else "0", "reduceOnly": reduce, "takeProfit": dstr(tp), "stopLoss": dstr(sl),
              "timeInForce": p.get("timeInForce") or ("IOC" if typ == "Market" else "GTC"), "orderStatus": "New",
              "cumExecQty": "0", "cumExecValue": "0", "cumExecFee": "0", "avgPrice": "0", "leavesQty": dstr(qty),
-             "positionIdx": 0, "category": "linear", "createdTime": str(now), "updatedTime": str(now), "rejectReason": "EC_NoError"}
+             "positionIdx": 0, "category": "linear", "createdTime": str(now), "updatedTime": str(now), "rejectReason": "EC_NoError",
+             "stopOrderType": "", "createType": "CreateByUser"}
         self.orders[oid] = o
         if link: self.by_link[link] = oid
         self._emit("order", [dict(o)])
@@ -199,7 +200,8 @@ def _fill(self, o: dict, price: Decimal, maker: bool):
     ex = {"execId": str(uuid.uuid4()), "orderId": o["orderId"], "orderLinkId": o["orderLinkId"], "symbol": sym, "side": side,
           "execPrice": dstr(price), "execQty": dstr(q), "execValue": dstr(q * price), "execFee": dstr(fee), "feeRate": dstr(self.maker if maker else self.taker),
           "execType": "Trade", "isMaker": maker, "orderType": o["orderType"], "orderQty": o["qty"], "closedSize": dstr(closed),
-          "execTime": str(now), "category": "linear", "seq": next(self._seq)}
+          "execTime": str(now), "category": "linear", "seq": next(self._seq),
+          "stopOrderType": o.get("stopOrderType", ""), "createType": o.get("createType", "CreateByUser")}
     self.execs.append(ex)
     self._emit("order", [dict(o)]); self._emit("execution", [dict(ex)])
     self._emit("position", [self.position(sym)]); self._emit("wallet", self.wallet()["list"])
@@ -230,7 +232,7 @@ def _on_price(self, symbol: str, price) -> None:
                      "qty": dstr(abs(p.size)), "price": "0", "reduceOnly": True, "takeProfit": "0", "stopLoss": "0", "timeInForce": "IOC",
                      "orderStatus": "New", "cumExecQty": "0", "cumExecValue": "0", "cumExecFee": "0", "avgPrice": "0",
                      "leavesQty": dstr(abs(p.size)), "positionIdx": 0, "category": "linear", "createdTime": str(now),
-                     "updatedTime": str(now), "stopOrderType": kind, "rejectReason": "EC_NoError"}
+                     "updatedTime": str(now), "stopOrderType": kind, "createType": f"CreateBy{kind}", "rejectReason": "EC_NoError"}
                 self.orders[oid] = o
                 self._fill(o, self.touch(symbol, o["side"]), maker=False)
 Engine.on_price = _on_price

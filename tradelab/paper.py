@@ -8,7 +8,7 @@ import pandas as pd
 from .core import D, SystemClock, ManualClock, parse_time, round_step
 from .candles import synthetic_candles, normalize_interval, interval_seconds, empty_candles
 from .exchange import (Instrument, Ticker, OrderRequest, OrderState, Position, Execution, RejectedError, DuplicateOrderError,
-                               prepare_order)
+                               prepare_order, order_from_v5, execution_from_v5, position_from_v5)
 from .matching import Engine, SimError, INSTRUMENTS
 
 # %% auto #0
@@ -57,17 +57,13 @@ class EnginePort:
 
     def order_by_link_id(self, symbol, order_link_id) -> OrderState | None:
         rows = self.engine.find(symbol, link=order_link_id, open_only=False)
-        if not rows: return None
-        o = rows[0]
-        return OrderState(o["orderId"], o["orderLinkId"], o["symbol"], o["side"], o["orderStatus"], D(o["qty"]), D(o["cumExecQty"]),
-                          D(o["avgPrice"]) if o["avgPrice"] != "0" else None, int(o["createdTime"]))
+        return order_from_v5(rows[0]) if rows else None
 
     def open_orders(self, symbol=None) -> list[OrderState]:
-        return [self.order_by_link_id(o["symbol"], o["orderLinkId"]) for o in self.engine.find(symbol, open_only=True) if o["orderLinkId"]]
+        return [order_from_v5(o) for o in self.engine.find(symbol, open_only=True)]
 
     def positions(self, symbol=None) -> list[Position]:
-        return [Position(p["symbol"], p["side"], D(p["size"]), D(p["avgPrice"]), D(p["unrealisedPnl"]), D(p["takeProfit"]), D(p["stopLoss"]),
-                         D(p["leverage"])) for p in self.engine.positions(symbol) if D(p["size"])]
+        return [position_from_v5(p) for p in self.engine.positions(symbol) if D(p["size"])]
 
     def set_trading_stop(self, symbol, take_profit=None, stop_loss=None):
         self.engine.trading_stop(symbol, take_profit, stop_loss)
@@ -78,9 +74,8 @@ class EnginePort:
             if e.ret_code != 110043: raise RejectedError(f"{e.ret_code} {e.msg}", e.ret_code) from None
 
     def executions(self, since_ms: int = 0, symbol=None) -> list[Execution]:
-        return [Execution(x["execId"], x["orderId"], x["orderLinkId"], x["symbol"], x["side"], D(x["execQty"]), D(x["execPrice"]),
-                          D(x["execFee"]), x["isMaker"], int(x["execTime"]))
-                for x in self.engine.execs if int(x["execTime"]) >= since_ms and (not symbol or x["symbol"] == symbol)]
+        return [execution_from_v5(x) for x in self.engine.execs
+                if int(x["execTime"]) >= since_ms and (not symbol or x["symbol"] == symbol)]
 
     def step(self):
         "Move every symbol to its price at the clock (the close of the last finished 1-minute candle)."
