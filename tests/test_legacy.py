@@ -5,6 +5,7 @@ import sqlalchemy as sa
 from tradelab.analytics import performance, prompt_stats
 from tradelab.cli import main
 from tradelab.core import TradelabError, D
+from tradelab.db import Analysis
 from tradelab.legacy import migrate_legacy, open_legacy
 from tradelab.legacy_fixture import make_legacy_db
 
@@ -73,7 +74,7 @@ def test_messy_fields_are_normalised(engine, legacy_small):
         recs = {r[0] for r in c.exec_driver_sql("select distinct recommendation from analyses")}
         syms = {r[0] for r in c.exec_driver_sql("select distinct symbol from analyses")}
         tfs = {r[0] for r in c.exec_driver_sql("select distinct timeframe from analyses")}
-        confs = [D(r[0]) for r in c.exec_driver_sql("select confidence from analyses where confidence is not null")]
+        confs = c.scalars(sa.select(Analysis.confidence).where(Analysis.confidence.is_not(None))).all()
         statuses = {r[0] for r in c.exec_driver_sql("select distinct status from trades")}
         sides = {r[0] for r in c.exec_driver_sql("select distinct side from trades")}
         pvs = {r[0] for r in c.exec_driver_sql("select distinct prompt_version from analyses")}
