@@ -12,7 +12,8 @@ __all__ = ['SECRET_VARS', 'mask', 'MaskSecrets', 'extras', 'TextFormatter', 'Jso
 
 # %% ../nbs/01_logs.ipynb #958a6918
 _PATTERNS = [re.compile(r"(?i)\b(api_key|apikey|api_secret|secret|sign|signature|token|password)=([^&\s\"',;]+)"),
-             re.compile(r"(?i)\b(x-bapi-sign|x-bapi-api-key|authorization)(['\"]?\s*[:=]\s*['\"]?)(?:bearer\s+)?([^'\"\s,}]+)")]
+             re.compile(r"(?i)\b(x-bapi-sign|x-bapi-api-key|authorization)(['\"]?\s*[:=]\s*['\"]?)"
+                        r"(?:bearer\s+)?([^'\"\s,}]+)")]
 
 def _known_secrets(env=None) -> list[str]:
     "The secret values set in `env` (os.environ by default), longest first so none is half-masked."
@@ -58,7 +59,8 @@ class JsonFormatter(logging.Formatter):
     "One JSON object per line: time, level, logger, message, the extra fields, and `exc` when there is one."
     def format(self, record):
         t = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds")
-        out = {"time": t, "level": record.levelname, "logger": record.name, "message": record.getMessage(), **extras(record)}
+        out = {"time": t, "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+               **extras(record)}
         if record.exc_text: out["exc"] = record.exc_text
         return json.dumps(out, default=_json_safe)
 

@@ -142,10 +142,13 @@ def _signal_failures(s: Signal, risk: RiskSection) -> list[Failure]:
     f = lambda rule, why: fails.append(Failure(rule, why))
     if s.side not in ("LONG", "SHORT"): f("side", f"{s.side!r} is not a trade (LONG or SHORT)")
     if s.entry <= 0 or s.stop_loss <= 0 or s.take_profit <= 0: f("levels", "entry, stop and target must be positive")
-    elif s.side == "LONG" and not (s.stop_loss < s.entry < s.take_profit): f("levels", "LONG needs stop < entry < take profit")
-    elif s.side == "SHORT" and not (s.take_profit < s.entry < s.stop_loss): f("levels", "SHORT needs take profit < entry < stop")
+    elif s.side == "LONG" and not (s.stop_loss < s.entry < s.take_profit):
+        f("levels", "LONG needs stop < entry < take profit")
+    elif s.side == "SHORT" and not (s.take_profit < s.entry < s.stop_loss):
+        f("levels", "SHORT needs take profit < entry < stop")
     if s.confidence < risk.min_confidence: f("min_confidence", f"confidence {s.confidence} < {risk.min_confidence}")
-    if (rr := s.reward_risk) < risk.min_reward_risk: f("min_reward_risk", f"reward/risk {rr:.2f} < {risk.min_reward_risk}")
+    if (rr := s.reward_risk) < risk.min_reward_risk:
+        f("min_reward_risk", f"reward/risk {rr:.2f} < {risk.min_reward_risk}")
     return fails
 
 # %% ../nbs/20_risk.ipynb #9d79b379
@@ -158,7 +161,8 @@ def _book_failures(s: Signal, account: Account, risk: RiskSection, returns: dict
         for p in (p for p in account.positions if p.symbol in returns):
             c = correlation(returns[s.symbol], returns[p.symbol])
             if c is not None and abs(c) > float(risk.max_correlation):
-                fails.append(Failure("correlation", f"{s.symbol} vs open {p.symbol}: correlation {c:.2f} > {risk.max_correlation}"))
+                why = f"{s.symbol} vs open {p.symbol}: correlation {c:.2f} > {risk.max_correlation}"
+                fails.append(Failure("correlation", why))
     return fails
 
 # %% ../nbs/20_risk.ipynb #1d3df0a3
@@ -172,12 +176,15 @@ def validate(signal: Signal, account: Account, risk: RiskSection, limits: Limits
     raw, notes = slot_qty(s, account, risk, leverage)
     requested = round_step(raw, limits.qty_step)
     qty = requested
-    room = risk.max_total_exposure * account.equity * D(leverage) - sum((p.notional for p in account.positions), Decimal(0))
+    held = sum((p.notional for p in account.positions), Decimal(0))
+    room = risk.max_total_exposure * account.equity * D(leverage) - held
     if qty * s.entry > room:
         qty = round_step(max(room, Decimal(0)) / s.entry, limits.qty_step)
-        notes.append(f"reduced to fit total exposure {risk.max_total_exposure:.0%} x equity x leverage: room {room:.2f}")
+        notes.append(f"reduced to fit total exposure {risk.max_total_exposure:.0%} x equity x leverage: "
+                     f"room {room:.2f}")
     if qty < limits.min_qty: fails.append(Failure("min_qty", f"qty {qty} < instrument minimum {limits.min_qty}"))
     elif qty * s.entry < limits.min_notional:
-        fails.append(Failure("min_notional", f"notional {qty * s.entry:.2f} < instrument minimum {limits.min_notional}"))
+        why = f"notional {qty * s.entry:.2f} < instrument minimum {limits.min_notional}"
+        fails.append(Failure("min_notional", why))
     if fails: return Decision(False, Decimal(0), requested, tuple(fails), tuple(notes))
     return Decision(True, qty, requested, (), tuple(notes))
