@@ -2,7 +2,8 @@
 
 # %% ../nbs/08_candles.ipynb #9d161cb9
 from __future__ import annotations
-import datetime as dt
+import datetime as dt, threading
+from collections import OrderedDict
 import numpy as np, pandas as pd
 from .core import TradelabError, UTC, parse_time
 
@@ -87,9 +88,8 @@ def random_walk(n: int = 200, interval: str = "60", start="2024-01-01T00:00:00Z"
 SYNTHETIC_EPOCH = dt.datetime(2024, 1, 1, tzinfo=UTC)
 BASE_PRICES = {"BTCUSDT": 43000.0, "ETHUSDT": 2300.0, "SOLUSDT": 98.0, "XRPUSDT": 0.62, "DOGEUSDT": 0.085,
                "BNBUSDT": 310.0, "ADAUSDT": 0.58}
-_PATHS: dict = {}
-
 _BLOCK = 43200  # 30 days of minutes, each block seeded on its own so any window gives the same candles
+_KEEP_BLOCKS = 24
 
 def _block(symbol: str, seed: int, b: int, last: float):
     rng = np.random.default_rng([seed, sum(map(ord, symbol)) * 131 + len(symbol), b])
@@ -101,16 +101,31 @@ def _block(symbol: str, seed: int, b: int, last: float):
     wick = np.abs(rng.normal(0, 1, _BLOCK)) * regime * close / 2
     return open_, np.maximum(open_, close) + wick, np.minimum(open_, close) - wick, close, rng.lognormal(2, 0.6, _BLOCK)
 
+# %% ../nbs/08_candles.ipynb #a8d31101
+_LEVELS: dict = {}  # (symbol, seed) -> the opening price of blocks 0, 1, 2, ...
+_CACHE: OrderedDict = OrderedDict()  # (symbol, seed, b) -> a whole block, least recently used first
+_LOCK = threading.Lock()  # the simulator's thread and the caller's share the caches
+
+def _path_block(symbol: str, seed: int, b: int):
+    "Block `b` of the path, grown from the epoch once (boundaries kept) and cached."
+    with _LOCK:
+        levels = _LEVELS.setdefault((symbol, seed), [BASE_PRICES.get(symbol, 100.0)])
+        while len(levels) <= b:
+            k = (symbol, seed, len(levels) - 1)
+            blk = _CACHE.get(k) or _block(symbol, seed, k[2], levels[-1])
+            _CACHE[k] = blk; levels.append(blk[3][-1])
+        k = (symbol, seed, b)
+        blk = _CACHE.pop(k, None) or _block(symbol, seed, b, levels[b])
+        _CACHE[k] = blk
+        while len(_CACHE) > _KEEP_BLOCKS: _CACHE.popitem(last=False)
+        return blk
+
 def _minute_path(symbol: str, start: int, end: int, seed: int):
-    "Seeded 1-minute OHLCV arrays for minutes [start, end) from the epoch; blocks are grown once and memoised."
-    need = -(-max(end, 1) // _BLOCK)
-    blocks = _PATHS.setdefault((symbol, seed), [])
-    while len(blocks) < need:
-        last = blocks[-1][3][-1] if blocks else BASE_PRICES.get(symbol, 100.0)
-        blocks.append(_block(symbol, seed, len(blocks), last))
-    first = start // _BLOCK  # only the blocks the window touches are joined
+    "Seeded 1-minute OHLCV arrays for minutes [start, end) from the epoch."
+    first, need = start // _BLOCK, -(-max(end, 1) // _BLOCK)  # only the blocks the window touches are joined
+    blocks = [_path_block(symbol, seed, b) for b in range(first, need)]
     off = first * _BLOCK
-    return tuple(np.concatenate([blk[k] for blk in blocks[first:need]])[start - off:end - off] for k in range(5))
+    return tuple(np.concatenate([blk[k] for blk in blocks])[start - off:end - off] for k in range(5))
 
 def synthetic_candles(symbol: str, interval: str = "1", start=None, end=None, seed: int = 0) -> pd.DataFrame:
     "Candles of the seeded synthetic market for [start, end) (default: the first day), any Bybit interval."
