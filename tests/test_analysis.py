@@ -207,3 +207,105 @@ def test_analyze_command_fails_clearly_without_a_model_or_with_a_bad_image(data_
     bad = tmp_path / "x.png"; bad.write_text("hello")
     assert main(["analyze", "--image", str(bad), "--prompt", "technical@1"]) == 1
     assert "not a PNG" in capsys.readouterr().err
+
+
+def analyses_count(data_dir):
+    with sa.create_engine(f"sqlite:///{data_dir}/tradelab.db").connect() as c:
+        return c.exec_driver_sql("select count(*) from analyses").scalar()
+
+
+@pytest.fixture
+def chart_png(tmp_path):
+    p = tmp_path / "chart.png"; p.write_bytes(render_chart(CANDLES, "BTCUSDT", "60"))
+    return p
+
+
+def test_an_image_on_default_settings_without_a_model_is_refused_before_anything_is_stored(data_dir, monkeypatch, capsys,
+                                                                                          chart_png):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False); monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--image", str(chart_png), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt chart_read@1" in err and "OPENAI_API_KEY" in err and "[analysis] analyzer = openai" in err
+    assert len(err.strip().splitlines()) == 1 and analyses_count(data_dir) == 0
+
+
+def test_an_image_sent_to_the_technical_prompt_is_refused_even_with_a_key(data_dir, fake, monkeypatch, capsys, chart_png):
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-test"); monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--image", str(chart_png), "--prompt", "technical@1"]) == 2
+    assert "--prompt chart_read@1" in capsys.readouterr().err
+    assert analyses_count(data_dir) == 0 and not fake.requests
+
+
+def test_the_refusal_is_exit_code_2_from_the_console_script(tmp_path, chart_png):
+    import os, subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env["TRADELAB_DATA_DIR"] = str(tmp_path / "d")
+    tl = lambda *a: subprocess.run([str(root / ".venv/bin/tradelab"), *a], capture_output=True, text=True, env=env,
+                                   cwd=root, timeout=280)
+    assert tl("db", "upgrade").returncode == 0
+    r = tl("analyze", "--image", str(chart_png))
+    assert r.returncode == 2 and "--prompt chart_read@1" in r.stderr and r.stdout == ""
+
+
+def test_an_image_without_a_prompt_goes_to_the_first_vision_prompt_of_the_registry(data_dir, fake, monkeypatch, capsys,
+                                                                                   chart_png):
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-test"); monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    fake.push("json", GOOD)
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--image", str(chart_png), "--symbol", "BTCUSDT", "--timeframe", "60", "--json"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert res["status"] == "accepted" and res["prompt_version"] == "chart_read@1" and res["venue"] is None
+    assert "using chart_read@1" in err and "registry" in err and len(fake.requests) == 1
+    assert analyses_count(data_dir) == 1
+
+
+def test_an_image_without_a_prompt_goes_to_the_first_configured_vision_prompt(data_dir, fake, monkeypatch, capsys,
+                                                                              chart_png, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-test"); monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    ini = tmp_path / "settings.ini"; ini.write_text("[analysis]\nprompts = technical@1, risk_first@1, confluence@1\n")
+    fake.push("json", GOOD)
+    assert main([f"--settings={ini}", "db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main([f"--settings={ini}", "analyze", "--image", str(chart_png), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["prompt_version"] == "risk_first@1" and "[analysis] prompts" in err
+
+
+def test_every_model_call_is_logged_with_id_prompt_model_latency_and_cost_but_never_the_key(setup, fake, caplog):
+    caplog.set_level("INFO", logger="tradelab.analyzer")
+    ok = run(setup, fake, ("json", GOOD))
+    bad = run(setup, fake, ("text", "bullish!"), image=render_chart(CANDLES.iloc[:-1], "BTCUSDT", "60"))
+    with pytest.raises(ModelUnavailable):
+        run(setup, fake, ("status", 500), ("status", 500), retries=1, image=render_chart(CANDLES.iloc[:-2], "BTCUSDT", "60"))
+    recs = [r for r in caplog.records if r.name == "tradelab.analyzer"]
+    assert [r.getMessage() for r in recs] == ["model call started", "model call answered", "model call started",
+                                              "model call rejected", "model call started", "model call failed"]
+    answered, rejected, failed = recs[1], recs[3], recs[5]
+    assert (answered.analysis_id, answered.prompt, answered.model, answered.cost_usd) == (ok["id"], "chart_read@1",
+                                                                                          "gpt-4o", "0.0045")
+    assert answered.latency_ms >= 0 and rejected.analysis_id == bad["id"] and "not JSON" in rejected.reason
+    assert failed.levelname == "WARNING" and "error 500" in failed.reason and failed.analysis_id
+    assert not any("not-a-key-test" in str(vars(r)) for r in recs)
+
+
+def test_analyze_stores_the_venue_it_was_given(setup):
+    engine, st, clock = setup
+    r = analyze(engine, TechnicalAnalyzer(), PROMPTS["technical@1"], "BTCUSDT", "60", st, clock, candles=CANDLES,
+                venue="paper")
+    with engine.connect() as c:
+        assert r["venue"] == "paper" and c.exec_driver_sql("select venue from analyses").scalar() == "paper"
+
+
+def test_the_technical_analyzer_does_not_import_the_model_analyzer():
+    import subprocess, sys
+    code = "import sys, tradelab.technical; print('tradelab.analyzer' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

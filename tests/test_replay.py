@@ -49,7 +49,7 @@ def test_replayed_answers_are_dated_in_the_past_on_real_prices_and_scored_by_the
     assert res["calls"] == len(at) * 2 == len(res["ids"])
     with Session(sqlite_engine) as s:
         rows = s.scalars(sa.select(Analysis).where(Analysis.id.in_(res["ids"]))).all()
-    assert {r.symbol for r in rows} == {"ETHUSDT", "BTCUSDT"} and all(r.source == "backtest" for r in rows)
+    assert {r.symbol for r in rows} == {"ETHUSDT", "BTCUSDT"} and all(r.source == r.venue == "backtest" for r in rows)
     assert sorted({r.created_at for r in rows}) == at
     for r in rows:
         if r.status == "accepted" and r.recommendation != "HOLD":  # unscaled back to the real market
