@@ -191,3 +191,16 @@ def test_a_stop_loss_close_is_marked_stop_loss_in_the_private_execution_push(sim
         while len(got) < 2 and time.time() < deadline: time.sleep(0.02)
     finally: ws.exit()
     assert [(x["stopOrderType"], x["createType"]) for x in got] == [("", "CreateByUser"), ("StopLoss", "CreateByStopLoss")]
+
+
+def test_a_liquidation_reaches_pybit_as_a_bust_trade_created_by_liquidation(sim):
+    p = port_for(sim)
+    sim.set_price("SOLUSDT", "150")
+    p.set_leverage("SOLUSDT", 50)
+    p.place_order(OrderRequest("SOLUSDT", "Buy", D("10"), order_link_id="liq-1"))
+    (pos,) = p.positions("SOLUSDT")
+    assert pos.leverage == D(50)
+    sim.set_price("SOLUSDT", "140")
+    (bust,) = [x for x in p.executions(symbol="SOLUSDT") if x.order_link_id != "liq-1"]
+    assert (bust.exec_type, bust.create_type, bust.price) == ("BustTrade", "CreateByLiq", (pos.avg_price * D("0.98")).quantize(D("0.01")))
+    assert p.positions("SOLUSDT") == []

@@ -123,3 +123,27 @@ def test_exec_time_comes_from_the_injected_clock(eng):
     eng.clock.advance(60)
     eng.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.01"})
     assert eng.execs[-1]["execTime"] == str(eng.clock.ms())
+
+
+def test_a_position_whose_margin_is_gone_is_liquidated_as_a_bust_trade(eng):
+    eng.set_leverage("BTCUSDT", "20")
+    eng.place({"symbol": "BTCUSDT", "side": "Sell", "orderType": "Market", "qty": "0.1"})  # 250 USDT of margin
+    (p,) = eng.positions()
+    assert (p["liqPrice"], p["bustPrice"]) == ("52250", "52500")
+    eng.on_price("BTCUSDT", "52249.9"); assert eng.positions()
+    eng.on_price("BTCUSDT", "52250")
+    x = eng.execs[-1]
+    assert eng.positions() == [] and (x["execType"], x["createType"], x["stopOrderType"], x["execPrice"]) == (
+        "BustTrade", "CreateByLiq", "", "52500")
+    assert eng.balance == D(10000) - 250 - D("2.75") - D("2.8875")
+
+
+def test_the_account_survives_a_round_trip_through_json_exactly(eng):
+    import json
+    eng.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.013", "takeProfit": "51000.1"})
+    eng.place({"symbol": "ETHUSDT", "side": "Sell", "orderType": "Limit", "qty": "0.5", "price": "3100.01", "orderLinkId": "r"})
+    eng.set_leverage("ETHUSDT", "3")
+    back = Engine.from_state(json.loads(json.dumps(eng.state())), clock=eng.clock, spread_bps="0")
+    assert back.state() == eng.state() and back.equity() == eng.equity() and back.wallet() == eng.wallet()
+    back.on_price("BTCUSDT", "51000.1")
+    assert back.positions() == [] and back.execs[-1]["stopOrderType"] == "TakeProfit" and back.execs[-1]["seq"] == eng.seq + 1
