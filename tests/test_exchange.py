@@ -204,3 +204,23 @@ def test_a_liquidation_reaches_pybit_as_a_bust_trade_created_by_liquidation(sim)
     (bust,) = [x for x in p.executions(symbol="SOLUSDT") if x.order_link_id != "liq-1"]
     assert (bust.exec_type, bust.create_type, bust.price) == ("BustTrade", "CreateByLiq", (pos.avg_price * D("0.98")).quantize(D("0.01")))
     assert p.positions("SOLUSDT") == []
+
+
+def test_failed_requests_and_retries_are_logged_with_ids_never_the_key_or_signature(sim, caplog):
+    import logging
+    from tradelab.exchange import RetryableError
+    caplog.set_level(logging.DEBUG)
+    p = port_for(sim)
+    p.http.log_requests = True  # pybit then dumps each request's signed headers at DEBUG
+    sim.set_price("BTCUSDT", "60000")
+    p.place_order(OrderRequest("BTCUSDT", "Buy", D("0.001"), order_link_id="log-1"))
+    sim.sim.faults.http5xx = 1.0
+    try:
+        with pytest.raises(RetryableError):
+            p.order_by_link_id("BTCUSDT", "log-1")
+    finally: sim.sim.faults.http5xx = 0.0
+    text = caplog.text
+    assert "'X-BAPI-API-KEY': '***'" in text and "'X-BAPI-SIGN': '***'" in text and KEY not in text
+    retries = [r for r in caplog.records if r.name == "tradelab.bybit" and "retry" in r.getMessage()]
+    assert len(retries) == 4 and "symbol=BTCUSDT orderLinkId=log-1" in retries[0].getMessage()
+    assert any(r.levelname == "ERROR" and "after 4 retries" in r.getMessage() for r in caplog.records)

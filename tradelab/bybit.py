@@ -60,6 +60,17 @@ class BybitWebSocket(WebSocket):
         while rid and rid not in self.subscriptions and time.monotonic() < deadline: time.sleep(0.001)
         return super()._process_subscription_message(message)
 
+# %% ../nbs/34_bybit.ipynb #d3e126fc
+_SECRET_HEADERS = re.compile(r"('X-BAPI-(?:API-KEY|SIGN)':\s*')[^']*(')")
+
+def _redact(record: logging.LogRecord) -> bool:
+    "Mask the key and signature in pybit's header dumps; keep the rest of the line."
+    msg = record.getMessage()
+    if "X-BAPI-" in msg: record.msg, record.args = _SECRET_HEADERS.sub(r"\1***\2", msg), ()
+    return True
+
+logging.getLogger("pybit._http_manager").addFilter(_redact)
+
 # %% ../nbs/34_bybit.ipynb #1b508a63
 log = logging.getLogger(__name__)
 
