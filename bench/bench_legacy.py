@@ -80,6 +80,7 @@ def main():
 
 
 def fill_million(eng, n=1_000_000, trades=120_000):
+    "Analyses and closed trades of the real-money record (venue live), which the statistics cover by default."
     import datetime as dt, random
     from decimal import Decimal
     from tradelab.db import Analysis, Trade
@@ -88,9 +89,9 @@ def fill_million(eng, n=1_000_000, trades=120_000):
     t0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     with eng.begin() as c:
         for k in range(0, n, 50_000):
-            c.execute(Analysis.__table__.insert(), [dict(symbol="BTCUSDT", timeframe="60", prompt_version=rng.choice(pvs),
+            c.execute(Analysis.__table__.insert(), [dict(symbol="BTCUSDT", timeframe="60", prompt_version=rng.choice(pvs), venue="live",
                       recommendation="LONG", confidence=Decimal(rng.randint(30, 95)) / 100, created_at=t0) for _ in range(50_000)])
-        c.execute(Trade.__table__.insert(), [dict(symbol="BTCUSDT", side="LONG", status="closed", prompt_version=rng.choice(pvs),
+        c.execute(Trade.__table__.insert(), [dict(symbol="BTCUSDT", side="LONG", status="closed", venue="live", prompt_version=rng.choice(pvs),
                   pnl=Decimal(rng.randint(-5000, 8000)) / 100, closed_at=t0 + dt.timedelta(minutes=i)) for i in range(trades)])
     return trades
 

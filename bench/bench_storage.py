@@ -33,7 +33,7 @@ def rows(n, seed=1):
     for i in range(n):
         px = Decimal(str(round(rng.uniform(20_000, 70_000), 2)))
         yield {"symbol": rng.choice(["BTCUSDT", "ETHUSDT", "SOLUSDT"]), "timeframe": rng.choice(["60", "240"]),
-               "source": "backtest", "status": "accepted", "recommendation": rng.choice(["LONG", "SHORT", "HOLD"]),
+               "source": "live", "venue": "live", "status": "accepted", "recommendation": rng.choice(["LONG", "SHORT", "HOLD"]),
                "confidence": Decimal(str(round(rng.random(), 4))), "entry_price": px, "stop_loss": px * Decimal("0.98"),
                "take_profit": px * Decimal("1.04"), "prompt_version": rng.choice(pvs), "model": "gpt-4o",
                "image_sha256": f"{i:064x}", "created_at": t0 + dt.timedelta(minutes=i), "reasoning": "bench"}

@@ -34,6 +34,8 @@ def test_the_full_history_migrates_and_reproduces_the_owners_win_rate(engine, le
     assert res["trades_rejected"] == planted["trades_unimportable"]
     perf = performance(engine)
     assert perf["closed_trades"] == planted["closed_trades"] and round(perf["win_rate"], 4) == 0.6177
+    assert perf["venues"] == ["legacy", "live"] and perf["analyses"] == res["analyses_imported"]
+    assert count(engine, "analyses", "venue = 'legacy'") == res["analyses_imported"]
     assert count(engine, "rejected_rows") == planted["analyses_unimportable"] + planted["trades_unimportable"]
 
 

@@ -97,6 +97,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'tradelab.bybit.BybitWebSocket._process_subscription_message': ( 'bybit.html#bybitwebsocket._process_subscription_message',
                                                                                                  'tradelab/bybit.py'),
                                 'tradelab.bybit._ids': ('bybit.html#_ids', 'tradelab/bybit.py'),
+                                'tradelab.bybit._redact': ('bybit.html#_redact', 'tradelab/bybit.py'),
                                 'tradelab.bybit._timestamp': ('bybit.html#_timestamp', 'tradelab/bybit.py'),
                                 'tradelab.bybit.make_http': ('bybit.html#make_http', 'tradelab/bybit.py'),
                                 'tradelab.bybit.set_time_offset': ('bybit.html#set_time_offset', 'tradelab/bybit.py'),
