@@ -3,8 +3,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from tradelab.core import D, ManualClock
-from tradelab.cycle import act_on, make_port, run_cycle
+from tradelab.bybit import BybitPort, make_http
+from tradelab.core import TradelabError
+from tradelab.cycle import account_state, act_on, run_cycle
 from tradelab.db import EquitySnapshot, Order, RejectedRow, Trade, Analysis
+from tradelab.orders import reconcile
+from tradelab import trades
 from tradelab.killswitch import set_halted
 from tradelab.paper import synthetic_port
 from tradelab.settings import Settings, load_env
@@ -32,17 +36,17 @@ def test_cycles_on_the_backtest_venue_open_and_close_trades_and_account_for_ever
     actions = [a for r in runs for a in r["actions"]]
     assert signals == len(actions) > 0  # every signal was acted on or refused, none dropped
     with Session(engine) as s:
-        trades = s.scalars(sa.select(Trade)).all()
+        rows = s.scalars(sa.select(Trade)).all()
         refused = s.scalar(sa.select(sa.func.count()).select_from(RejectedRow).where(RejectedRow.source == "risk"))
         snaps = s.scalar(sa.select(sa.func.count()).select_from(EquitySnapshot))
         orders = s.scalars(sa.select(Order)).all()
-    assert len(trades) == sum(a["decision"] in ("placed", "order rejected") for a in actions)
+    assert len(rows) == sum(a["decision"] in ("placed", "order rejected") for a in actions)
     assert refused == sum(a["decision"] == "rejected" for a in actions)
     assert snaps == 24
-    assert any(t.status == "closed" for t in trades), "stops and targets are hit over four days"
-    for t in trades:
+    assert any(t.status == "closed" for t in rows), "stops and targets are hit over four days"
+    for t in rows:
         if t.status == "closed":
-            assert t.pnl is not None and t.close_reason in ("take_profit", "stop_loss", "closed on the exchange")
+            assert t.pnl is not None and t.close_reason in (trades.TAKE_PROFIT, trades.STOP_LOSS)  # the engine's own TP/SL
     assert len({o.client_order_id for o in orders}) == len(orders)
 
 
@@ -58,9 +62,8 @@ def test_acting_twice_on_one_analysis_places_one_order_and_one_trade(sqlite_engi
         s.add(a)
     res = {"id": a.id, "symbol": "BTCUSDT", "recommendation": "LONG", "entry_price": str(last), "stop_loss": str(a.stop_loss),
            "take_profit": str(a.take_profit), "confidence": "0.8", "prompt_version": "technical@1"}
-    from tradelab.cycle import _account
-    first = act_on(sqlite_engine, port, res, st, "backtest", clock, _account(sqlite_engine, port, "backtest", clock))
-    again = act_on(sqlite_engine, port, res, st, "backtest", clock, _account(sqlite_engine, port, "backtest", clock))
+    first = act_on(sqlite_engine, port, res, st, "backtest", clock, account_state(sqlite_engine, port, "backtest", clock))
+    again = act_on(sqlite_engine, port, res, st, "backtest", clock, account_state(sqlite_engine, port, "backtest", clock))
     assert first["decision"] == again["decision"] == "placed" and first["order"] == again["order"]
     assert len(port.engine.orders) == 1
     with Session(sqlite_engine) as s:
@@ -83,7 +86,8 @@ def test_a_cycle_against_the_simulator_goes_through_pybit_and_lands_in_the_datab
         monkeypatch.setenv("BYBIT_BASE_URL", sim.url)
         for k in ("BYBIT_API_KEY", "BYBIT_API_SECRET"): monkeypatch.delenv(k, raising=False)
         st = Settings.model_validate({"trading": {"symbols": "BTCUSDT, ETHUSDT", "timeframes": "60"}})
-        port = make_port(load_env(), st)
+        from tradelab.venues import make_port
+        port = make_port(sqlite_engine, load_env(), st)
         res = run_cycle(sqlite_engine, port, st)
         assert res["venue"] == "sim" and res["analyses"] == 2 and not res["errors"]
         with Session(sqlite_engine) as s:
@@ -95,11 +99,12 @@ def test_a_cycle_against_the_simulator_goes_through_pybit_and_lands_in_the_datab
         sim.stop()
 
 
-def test_a_live_venue_without_keys_is_a_clear_error(monkeypatch):
+def test_a_live_venue_without_keys_is_a_clear_error(monkeypatch, sqlite_engine):
+    from tradelab.venues import make_port
     for k in ("BYBIT_API_KEY", "BYBIT_API_SECRET"): monkeypatch.delenv(k, raising=False)
     st = Settings.model_validate({"trading": {"venue": "testnet"}})
     with pytest.raises(Exception, match="BYBIT_API_KEY"):
-        make_port(load_env(), st)
+        make_port(sqlite_engine, load_env(), st)
 
 
 def test_charts_dropped_in_the_watch_folder_are_analysed_once_and_unusable_files_are_recorded(sqlite_engine, tmp_path, data_dir):
@@ -141,3 +146,139 @@ def test_a_model_that_hangs_or_answers_prose_is_recorded_and_the_cycle_goes_on(s
     assert rows[("ETHUSDT", "chart_read@1")][0] == "rejected" and "not JSON" in rows[("ETHUSDT", "chart_read@1")][1]
     assert rows[("BTCUSDT", "technical@1")][0] == rows[("ETHUSDT", "technical@1")][0] == "accepted"
     assert len(out["actions"]) == out["signals"]
+
+
+# --- close reasons come from the exit order, not from prices ---------------------------------------------------------
+
+@pytest.fixture
+def sim():
+    h = start_in_thread(rate_limits={"order": 100_000, "read": 100_000, "position": 100_000})
+    yield h
+    h.stop()
+
+
+def _sim_port(sim):
+    return BybitPort(make_http("testnet", "tradelab-sim", "tradelab-sim-secret", sim.url, timeout=5), "sim", backoff=0.01,
+                     venue="sim")
+
+
+def _open_long(engine, port, sim, symbol="ETHUSDT", price="3000"):
+    "A LONG trade opened through the cycle's own path (act_on, reconcile, sync), stop 2% under, target 5% over."
+    clock = ManualClock("2024-06-03T00:00:00Z")
+    sim.set_price(symbol, price)
+    last = D(price)
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        a = Analysis(symbol=symbol, timeframe="60", prompt_version="technical@1", recommendation="LONG", confidence=D("0.8"),
+                     entry_price=last, stop_loss=last * D("0.98"), take_profit=last * D("1.05"), status="accepted", source="live",
+                     created_at=clock.now())
+        s.add(a)
+    res = {"id": a.id, "symbol": symbol, "recommendation": "LONG", "entry_price": str(last), "stop_loss": str(a.stop_loss),
+           "take_profit": str(a.take_profit), "confidence": "0.8", "prompt_version": "technical@1"}
+    act = act_on(engine, port, res, Settings(), "sim", clock, account_state(engine, port, "sim", clock))
+    assert act["decision"] == "placed", act
+    _sync(engine, port, clock)
+    with Session(engine) as s:
+        t = s.scalars(sa.select(Trade).where(Trade.analysis_id == a.id)).one()
+    assert t.status == trades.OPEN and t.qty > 0
+    return t, clock
+
+
+def _sync(engine, port, clock):
+    reconcile(engine, port, "sim", clock)
+    return trades.sync_trades(engine, port, "sim", clock)
+
+
+def _closed(engine, trade_id) -> Trade:
+    with Session(engine) as s:
+        t = s.get(Trade, trade_id)
+    assert t.status == trades.CLOSED and t.pnl is not None and t.exit_price is not None
+    return t
+
+
+def _price_guess(t: Trade) -> str:
+    "Yesterday's rule: a close at or beyond the target is a take profit, anything else a stop."
+    return "take_profit" if (t.side == "LONG") == (t.exit_price >= t.take_profit) else "stop_loss"
+
+
+def test_a_take_profit_hit_is_recorded_as_take_profit_even_when_the_fill_is_under_the_target(sim, engine):
+    port = _sim_port(sim)
+    t, clock = _open_long(engine, port, sim)
+    sim.set_price("ETHUSDT", t.take_profit)  # the target is touched; the market sell fills at the bid, a little under it
+    assert _sync(engine, port, clock)["closed"] == 1
+    t = _closed(engine, t.id)
+    assert t.close_reason == trades.TAKE_PROFIT and t.pnl > 0
+    assert t.exit_price < t.take_profit and _price_guess(t) == "stop_loss"  # the old guess got this one wrong
+
+
+def test_a_stop_moved_between_entry_and_target_is_recorded_as_stop_loss(sim, engine):
+    port = _sim_port(sim)
+    t, clock = _open_long(engine, port, sim)
+    sim.set_price("ETHUSDT", "3060")
+    trades.modify_tpsl(engine, port, "sim", "ETHUSDT", clock, stop_loss=D("3030"))  # a trailing stop above the entry
+    sim.set_price("ETHUSDT", "3030")
+    assert _sync(engine, port, clock)["closed"] == 1
+    t = _closed(engine, t.id)
+    assert t.close_reason == trades.STOP_LOSS and t.stop_loss == D("3030") and t.pnl > 0
+
+
+def test_a_manual_close_is_recorded_as_manual(sim, engine):
+    port = _sim_port(sim)
+    t, clock = _open_long(engine, port, sim)
+    sim.set_price("ETHUSDT", "3100")
+    out = trades.close_position(engine, port, "sim", "ETHUSDT", clock, actor="alice")
+    assert out["trade"] == t.id and out["trade_status"] == trades.CLOSED and out["close_reason"] == trades.MANUAL
+    t = _closed(engine, t.id)
+    assert t.close_reason == trades.MANUAL and _price_guess(t) == "stop_loss"  # a profitable exit guessed as a stop
+    with Session(engine) as s:
+        assert s.scalars(sa.select(Order.purpose).where(Order.client_order_id == out["order"])).one() == "manual"
+
+
+def test_the_kill_switch_close_is_recorded_as_kill_switch(sim, engine):
+    port = _sim_port(sim)
+    t, clock = _open_long(engine, port, sim)
+    sim.set_price("ETHUSDT", "2990")
+    out = trades.close_all(engine, port, "sim", clock, actor="ops")
+    assert [o["close_reason"] for o in out] == [trades.KILL_SWITCH] and not port.positions()
+    assert _closed(engine, t.id).close_reason == trades.KILL_SWITCH
+    assert trades.close_all(engine, port, "sim", clock) == []
+
+
+def test_a_stop_or_target_on_the_wrong_side_of_the_mark_is_refused_with_the_reason(sim, sqlite_engine):
+    port = _sim_port(sim)
+    t, clock = _open_long(sqlite_engine, port, sim)
+    with pytest.raises(TradelabError, match="stop loss of a long must be below the mark price 3000"):
+        trades.modify_tpsl(sqlite_engine, port, "sim", "ETHUSDT", clock, stop_loss=D("3010"))
+    with pytest.raises(TradelabError, match="take profit of a long must be above the mark price"):
+        trades.modify_tpsl(sqlite_engine, port, "sim", "ETHUSDT", clock, take_profit=D("2999"))
+    assert port.positions("ETHUSDT")[0].stop_loss == t.stop_loss.quantize(D("0.01"))  # unchanged
+    out = trades.modify_tpsl(sqlite_engine, port, "sim", "ETHUSDT", clock, take_profit=D("3300"), actor="bob")
+    assert out["take_profit"] == "3300" and port.positions("ETHUSDT")[0].take_profit == D("3300")
+
+
+def test_trade_status_moves_only_along_the_state_machine():
+    clock = ManualClock("2024-06-03T00:00:00Z")
+    t = Trade(id=5, symbol="BTCUSDT", side="LONG", status="pending")
+    with pytest.raises(TradelabError, match="pending -> closed refused"):
+        trades.transition(t, trades.CLOSED, clock, trades.MANUAL)
+    trades.transition(t, trades.CANCELLED, clock, trades.NEVER_SENT)
+    for to in (trades.OPEN, trades.CLOSED, trades.PENDING):
+        with pytest.raises(TradelabError, match="allowed from cancelled: nothing"):
+            trades.transition(t, to, clock, trades.MANUAL)
+    assert t.status == trades.CANCELLED and t.close_reason == trades.NEVER_SENT
+
+
+def test_the_database_refuses_a_status_outside_the_state_machine(engine):
+    with pytest.raises(sa.exc.IntegrityError):
+        with Session(engine) as s, s.begin():
+            s.add(Trade(venue="sim", symbol="BTCUSDT", side="LONG", status="half-open"))
+
+
+def test_a_pending_trade_left_by_old_code_without_an_order_is_cancelled_as_never_sent(sqlite_engine):
+    clock = ManualClock("2024-06-03T00:00:00Z")
+    port = synthetic_port(clock)
+    with Session(sqlite_engine) as s, s.begin():
+        s.add(Trade(venue="backtest", symbol="BTCUSDT", side="LONG", status="pending", qty=D("0.01"), created_at=clock.now()))
+    run_cycle(sqlite_engine, port, Settings.model_validate({"trading": {"symbols": "SOLUSDT", "timeframes": "60"}}), clock=clock)
+    with Session(sqlite_engine) as s:
+        t = s.scalars(sa.select(Trade).where(Trade.symbol == "BTCUSDT")).one()
+    assert (t.status, t.close_reason) == (trades.CANCELLED, trades.NEVER_SENT)
