@@ -282,3 +282,21 @@ def test_a_pending_trade_left_by_old_code_without_an_order_is_cancelled_as_never
     with Session(sqlite_engine) as s:
         t = s.scalars(sa.select(Trade).where(Trade.symbol == "BTCUSDT")).one()
     assert (t.status, t.close_reason) == (trades.CANCELLED, trades.NEVER_SENT)
+
+
+def test_a_liquidation_is_recorded_as_liquidation(sim, sqlite_engine):
+    from tradelab.exchange import OrderRequest
+    from tradelab.orders import intent, send_intent
+    port, clock = _sim_port(sim), ManualClock("2024-06-03T00:00:00Z")
+    sim.set_price("SOLUSDT", "150")
+    port.set_leverage("SOLUSDT", 50)
+    with Session(sqlite_engine, expire_on_commit=False) as s, s.begin():  # the cycle's own way: trade and intent together
+        t = Trade(venue="sim", symbol="SOLUSDT", side="LONG", status="pending", qty=D("10"), created_at=clock.now())
+        s.add(t); s.flush()
+        s.add(intent(OrderRequest("SOLUSDT", "Buy", D("10"), order_link_id="tl-liq-entry"), "sim", "entry", clock, trade_id=t.id))
+    assert send_intent(sqlite_engine, port, "tl-liq-entry", clock, doubtful=False).status == "accepted"
+    assert _sync(sqlite_engine, port, clock)["opened"] == 1
+    sim.set_price("SOLUSDT", "140")  # 50x leverage: the margin is gone, the exchange closes the position
+    assert _sync(sqlite_engine, port, clock)["closed"] == 1
+    t = _closed(sqlite_engine, t.id)
+    assert t.close_reason == trades.LIQUIDATION and t.pnl < 0
