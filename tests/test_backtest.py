@@ -92,3 +92,19 @@ def test_candles_come_from_the_exchange_port_paginated_and_are_then_served_from_
     fetched = cache.fetches
     again = cache.get("BTCUSDT", "15", "2024-04-25", "2024-05-02")  # the simulator is gone: only the cache can answer
     assert cache.fetches == fetched and len(again) == 7 * 96 and again.equals(got.loc["2024-04-25":"2024-05-01 23:45"])
+
+
+@pytest.mark.slow
+def test_backtest_command_reads_candles_through_the_configured_venue(data_dir, tmp_path, capsys, monkeypatch):
+    from tradelab.simulator import start_in_thread
+    make_legacy_db(tmp_path / "old.db", 300, 400, seed=3)
+    assert main(["db", "upgrade"]) == 0 and main(["migrate-legacy", str(tmp_path / "old.db"), "--json"]) == 0
+    sim = start_in_thread()
+    try:
+        monkeypatch.setenv("BYBIT_BASE_URL", sim.url)
+        capsys.readouterr()
+        assert main(["backtest", "--source", "exchange", "--interval", "240", "--horizon", "12", "--json"]) == 0
+    finally: sim.stop()
+    out = json.loads(capsys.readouterr().out)
+    assert out["analyses"] > 0 and out["target"] + out["stop"] > 0
+    assert (data_dir / "candles-sim" / "BTCUSDT" / "240").is_dir()

@@ -158,12 +158,10 @@ def cost_usd(model: str, tokens_in: int, tokens_out: int, costs: dict) -> Decima
     return (pin * tokens_in + pout * tokens_out) / Decimal(1_000_000)
 
 def spent_today(engine: sa.Engine, clock) -> Decimal:
-    "Model spend since 00:00 UTC."
+    "Model spend since 00:00 UTC (summed in SQL: money sums exactly on both databases)."
     day = clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
     with Session(engine) as s:
-        vals = s.scalars(sa.select(Analysis.cost_usd).where(Analysis.created_at >= day,
-                                                            Analysis.cost_usd.is_not(None))).all()
-    return sum(vals, Decimal(0))
+        return s.scalar(sa.select(sa.func.sum(Analysis.cost_usd)).where(Analysis.created_at >= day)) or Decimal(0)
 
 def candles_sha(candles: pd.DataFrame) -> str:
     "A content hash of candles (the technical analyzer's 'image')."
