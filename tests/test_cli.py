@@ -74,6 +74,65 @@ def test_report_performance_json_has_the_contract_keys(tmp_path):
         assert {"analyses", "open_trades", "closed_trades", "wins", "losses", "win_rate", "total_pnl", "max_drawdown"} <= out.keys()
 
 
+def _store(tmp_path):
+    "A migrated embedded store for the subprocess, and an engine on it for the test."
+    from tradelab.db import make_engine
+    env = {"TRADELAB_DATA_DIR": str(tmp_path)}
+    assert run("db", "upgrade", env=env).returncode == 0
+    return env, make_engine(f"sqlite:///{tmp_path}/tradelab.db")
+
+
+def test_status_json_shows_the_drawdown_rule_firing_from_the_true_equity_peak(tmp_path):
+    import datetime as dt
+    from sqlalchemy.orm import Session
+    from tradelab.core import D
+    from tradelab.db import EquitySnapshot
+    from tradelab.simulator import start_in_thread
+    env, eng = _store(tmp_path)
+    yesterday = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    with Session(eng) as s, s.begin():
+        s.add_all([EquitySnapshot(venue="sim", equity=D(9500), at=yesterday),
+                   EquitySnapshot(venue="sim", equity=D(11500), at=yesterday + dt.timedelta(minutes=1))])
+    sim = start_in_thread()  # the account starts at 10,000 USDT
+    try: r = run("status", "--venue", "sim", "--json", env={**env, "BYBIT_BASE_URL": sim.url})
+    finally: sim.stop()
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert {"venue", "equity", "peak_equity", "drawdown", "daily_pnl", "halted", "open_trades", "pending_trades",
+            "open_positions", "entries_allowed", "blocked_by"} <= st.keys()
+    assert st["venue"] == "sim" and D(st["equity"]) == 10000 and D(st["peak_equity"]) == 11500
+    assert round(st["drawdown"] * 100, 2) == 13.04 and st["entries_allowed"] is False
+    assert [b.split(":")[0] for b in st["blocked_by"]] == ["max_drawdown"] and st["open_positions"] == []
+
+
+def test_report_venue_picks_whose_trades_count_and_the_output_says_which(tmp_path):
+    from sqlalchemy.orm import Session
+    from tradelab.core import D
+    from tradelab.db import Trade
+    env, eng = _store(tmp_path)
+    with Session(eng) as s, s.begin():
+        s.add_all([Trade(venue=v, symbol="BTCUSDT", side="LONG", status="closed", qty=D(1), pnl=D(p),
+                         prompt_version="p@1") for v, p in (("legacy", "5"), ("paper", "50"), ("paper", "-20"))])
+    r = run("report", "performance", "--json", env=env)
+    out = json.loads(r.stdout)
+    assert out["closed_trades"] == 1 and out["venues"] == ["legacy", "live"]
+    out = json.loads(run("report", "performance", "--venue", "paper", "--json", env=env).stdout)
+    assert out["closed_trades"] == 2 and out["total_pnl"] == 30 and out["venues"] == ["paper"]
+    (row,) = json.loads(run("report", "prompts", "--venue", "paper", "--venue", "legacy", "--json", env=env).stdout)
+    assert row["closed_trades"] == 3
+    text = run("report", "prompts", env=env).stdout
+    assert text.splitlines()[0] == "venues: legacy, live"
+
+
+def test_config_validate_names_the_bad_key_and_changes_nothing(tmp_path):
+    env, _ = _store(tmp_path)
+    bad = tmp_path / "bad.ini"; bad.write_text("[trading]\nvenue = moon\n")
+    r = run("--settings", str(bad), "config", "validate", env=env)
+    assert r.returncode == 1 and "[trading] venue = 'moon'" in r.stdout
+    ok = run("config", "validate", env=env)
+    assert ok.returncode == 0 and ok.stdout.strip().endswith(": ok")
+
+
 def test_the_package_imports_without_jupyter():
     code = "import sys, tradelab.cli, tradelab.db, tradelab.analytics; assert 'IPython' not in sys.modules; print('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -44,6 +44,14 @@ def test_a_failing_run_is_recorded_with_the_error(sqlite_engine, pipes):
     assert run.status == "failed" and "ValueError" in run.error and "bad x=5" in run.error
 
 
+def test_a_failing_run_is_logged_as_an_error_with_its_run_id(sqlite_engine, pipes, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="tradelab.pipelines")
+    run = run_pipeline(sqlite_engine, "boom", {"x": 5}, root=pipes)
+    logged = [(r.levelname, r.run_id) for r in caplog.records if r.name == "tradelab.pipelines"]
+    assert logged == [("INFO", run.id), ("ERROR", run.id)] and "bad x=5" in caplog.records[-1].getMessage()
+
+
 def test_secret_parameters_are_refused_before_anything_is_recorded(sqlite_engine, pipes):
     with pytest.raises(TradelabError, match="secrets are never passed"):
         run_pipeline(sqlite_engine, "double", {"openai_api_key": "sk-abc"}, root=pipes)

@@ -6,13 +6,14 @@ import argparse, importlib, json, os, sys
 from decimal import Decimal
 from functools import cached_property
 from .core import TradelabError, SystemClock, dumps
+from .logs import setup_logging
 
 # %% auto #0
-__all__ = ['PLUGINS', 'Context', 'build_parser', 'main']
+__all__ = ['TRADING_VENUES', 'PLUGINS', 'Context', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #ae41c273
 class Context:
-    "What a command needs, created lazily: env, settings, engine (migrated), clock."
+    "What a command needs, created lazily: env, settings, engine (migrated), clock, the venue's port."
     def __init__(self, settings_path: str = "settings.ini", clock=None, environ=None):
         self.settings_path, self.clock = settings_path, clock or SystemClock()
         self.environ = os.environ if environ is None else environ
@@ -43,6 +44,20 @@ class Context:
         from tradelab.config_store import effective_settings
         return effective_settings(self.engine, self.settings_path)
 
+    @property
+    def actor(self) -> str: return self.environ.get("USER") or "cli"
+
+# %% ../nbs/90_cli.ipynb #6680cb69
+TRADING_VENUES = ("sim", "paper", "testnet", "demo", "live")
+
+def _port(ctx: Context, venue: str | None = None):
+    "The exchange port of `venue` (default settings.trading.venue) and the venue's name."
+    from tradelab.venues import make_port
+    st = ctx.settings
+    if venue and venue != st.trading.venue:
+        st = st.model_copy(update={"trading": st.trading.model_copy(update={"venue": venue})})
+    return make_port(ctx.engine, ctx.env, st, ctx.clock), st.trading.venue
+
 # %% ../nbs/90_cli.ipynb #410a2fe8
 PLUGINS = {
     "sim": ("tradelab.simulator", "run the built-in Bybit V5-compatible exchange simulator"),
@@ -51,14 +66,11 @@ PLUGINS = {
     "migrate-legacy": ("tradelab.legacy", "import the old bot's SQLite export"),
     "backtest": ("tradelab.backtest", "evaluate stored analyses against later candles"),
     "replay": ("tradelab.replay", "re-run a prompt over past charts (no look-ahead) for backtesting"),
-    "run": ("tradelab.pipelines", "run one pipeline notebook with papermill, recorded"),
-    "worker": ("tradelab.pipelines", "take queued pipeline runs from Redis and run them"),
     "up": ("tradelab.server", "scheduler + dashboard (+ simulator when no exchange keys)"),
     "users": ("tradelab.auth", "manage dashboard users"),
-    "halt": ("tradelab.killswitch", "stop new entries (kill switch)"),
-    "resume": ("tradelab.killswitch", "lift the kill switch"),
 }
 
+# %% ../nbs/90_cli.ipynb #a512fff4
 def _fmt(v) -> str:
     "A number as a person reads it in a terminal: rates to 4 places, money and counts grouped."
     if isinstance(v, (list, tuple)): return "[" + ", ".join(_fmt(x) for x in v) + "]"
@@ -78,75 +90,155 @@ def _print(obj, as_json: bool):
     else:
         for k, v in obj.items(): print(f"{k:>18}: {_fmt(v)}")
 
-# %% ../nbs/90_cli.ipynb #a512fff4
+# %% ../nbs/90_cli.ipynb #33c0d9ed
 def _db(args, ctx: Context) -> int:
     from tradelab.migrate import upgrade, current_revision, head_revision
     from tradelab.settings import mask_url
     where = mask_url(ctx.raw_engine.url.render_as_string(hide_password=False))
     if args.db_cmd == "upgrade":
         before, after = upgrade(ctx.raw_engine)
-        print(f"database {where}: {before or 'empty'} -> {after}" if before != after else f"database {where}: at {after}, nothing to do")
+        print(f"database {where}: {before or 'empty'} -> {after}" if before != after
+              else f"database {where}: at {after}, nothing to do")
     else:
         print(f"database {where}: at {current_revision(ctx.raw_engine) or 'empty'} (code head {head_revision()})")
     return 0
 
+# %% ../nbs/90_cli.ipynb #ef5005ba
 def _config(args, ctx: Context) -> int:
+    from tradelab import service
     if args.config_cmd == "set":
-        from tradelab.config_store import set_setting
-        from tradelab.migrate import require_current
         val = None if args.unset else args.value
-        set_setting(ctx.engine, args.key, val, args.actor, ctx.settings_path, ctx.clock)
-        print(f"{args.key} = {val!r} (stored, audited)")
-        return 0
-    if args.no_db:
-        from tradelab.settings import load_settings
-        st = load_settings(ctx.settings_path)
-    else: st = ctx.settings
-    out = {"settings": json.loads(st.model_dump_json()), "environment": ctx.env.masked()}
-    _print(out, True) if args.json else [print(f"[{k}]\n" + "\n".join(f"  {kk} = {vv}" for kk, vv in v.items())) for k, v in out.items()]
+        res = service.config_set(ctx.engine, args.key, val, args.actor, ctx.settings_path, ctx.clock)
+        print(f"{args.key} = {val!r} (stored, audited; effective {res['effective']!r})"); return 0
+    if args.config_cmd == "validate":
+        res = service.config_validate(None if args.no_db else ctx.engine, ctx.settings_path)
+        print(f"{ctx.settings_path}: ok" if res["valid"] else f"{res['error']}"); return 0 if res["valid"] else 1
+    out = service.config_get(None if args.no_db else ctx.engine, ctx.settings_path, ctx.env)
+    if args.json: _print(out, True); return 0
+    for k, v in out.items(): print(f"[{k}]\n" + "\n".join(f"  {kk} = {vv}" for kk, vv in v.items()))
     return 0
 
+# %% ../nbs/90_cli.ipynb #8d72b0ca
 def _report(args, ctx: Context) -> int:
-    from tradelab import analytics
+    from tradelab import service
+    from tradelab.analytics import DEFAULT_VENUES
     if args.run and args.what in ("performance", "prompts"):
-        raise TradelabError(f"--run applies to calibration and compare; `tradelab backtest --run {args.run}` prints the run per prompt")
-    if args.what == "performance":
-        res = analytics.duck_performance(ctx.engine) if args.duckdb else analytics.performance(ctx.engine)
-    elif args.what == "prompts":
-        res = analytics.duck_prompt_stats(ctx.engine) if args.duckdb else analytics.prompt_stats(ctx.engine)
-    elif args.what == "calibration":
-        res = analytics.calibration(ctx.engine, run=args.run, prompt_version=args.prompt)
+        raise TradelabError(f"--run applies to calibration and compare; `tradelab backtest --run {args.run}` "
+                            "prints the run per prompt")
+    v = args.venue or None
+    if args.what == "performance": res = service.performance(ctx.engine, v, args.duckdb)
+    elif args.what == "prompts": res = service.prompt_stats(ctx.engine, v, args.duckdb)
+    elif args.what == "calibration": res = service.calibration(ctx.engine, args.run, args.prompt, venues=v)
     else:
         if len(args.versions) != 2: raise TradelabError("report compare needs two prompt versions: report compare A B")
-        res = analytics.compare_prompts(ctx.engine, *args.versions, run=args.run)
+        res = service.compare(ctx.engine, *args.versions, run=args.run, venues=v)
+    if not args.json: print(f"backtest run {args.run}" if args.run else f"venues: {', '.join(v or DEFAULT_VENUES)}")
     _print(res, args.json)
     return 0
 
-# %% ../nbs/90_cli.ipynb #33c0d9ed
+# %% ../nbs/90_cli.ipynb #2f2ba186
+def _status(args, ctx: Context) -> int:
+    from tradelab import service
+    port, venue = _port(ctx, args.venue)
+    res = service.status(ctx.engine, port, ctx.settings, ctx.clock, venue)
+    if args.json: _print(res, True); return 0
+    _print({k: v for k, v in res.items() if k not in ("open_positions", "blocked_by")}, False)
+    print("\nopen positions:"); _print(res["open_positions"], False)
+    for b in res["blocked_by"]: print(f"blocked by {b}")
+    return 0
+
+def _halt(args, ctx: Context) -> int:
+    from tradelab import service
+    if args.cmd == "resume":
+        service.resume(ctx.engine, ctx.actor, args.reason, ctx.clock)
+        print("trading resumed: new entries allowed"); return 0
+    port, venue = _port(ctx, args.venue) if args.close_all else (None, None)
+    res = service.halt(ctx.engine, ctx.actor, args.reason, ctx.clock, port, venue, close_all=args.close_all)
+    print("trading halted: no new entries")
+    if args.close_all:
+        print("\n".join(" ".join(f"{k}={v}" for k, v in c.items()) for c in res["closed"]) or "no open positions")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #1a8472c9
+def _builtin(sub):
+    "Register the commands the CLI answers itself (through the service layer)."
+    d = sub.add_parser("db", help="database migrations")
+    d.add_argument("db_cmd", choices=["upgrade", "current"]); d.set_defaults(func=_db)
+    c = sub.add_parser("config", help="show, override or validate trading settings")
+    csub = c.add_subparsers(dest="config_cmd"); csub.required = True
+    cs = csub.add_parser("show", help="effective settings, secrets masked")
+    cs.add_argument("--json", action="store_true")
+    cs.add_argument("--no-db", action="store_true", help="ignore stored overrides")
+    cset = csub.add_parser("set", help="override one setting (section.key value)")
+    cset.add_argument("key"); cset.add_argument("value", nargs="?")
+    cset.add_argument("--unset", action="store_true")
+    cset.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    cv = csub.add_parser("validate", help="check settings.ini (and the stored overrides) without changing anything")
+    cv.add_argument("--no-db", action="store_true", help="ignore stored overrides")
+    c.set_defaults(func=_config)
+
+# %% ../nbs/90_cli.ipynb #fc9aec25
+def _builtin_trading(sub):
+    "Register report, status, halt and resume."
+    r = sub.add_parser("report", help="performance and prompt statistics")
+    r.add_argument("what", choices=["performance", "prompts", "calibration", "compare"])
+    r.add_argument("versions", nargs="*", help="for compare: two prompt versions")
+    r.add_argument("--venue", action="append", help="count trades of this venue (repeatable; default: legacy and live)")
+    r.add_argument("--run", help="use the outcomes of this backtest run instead of trades")
+    r.add_argument("--prompt", help="calibration of one prompt version")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--duckdb", action="store_true", help="compute with DuckDB")
+    r.set_defaults(func=_report)
+    s = sub.add_parser("status", help="what the risk rules see now, and whether new entries are allowed")
+    s.add_argument("--venue", choices=TRADING_VENUES, help="default: settings [trading] venue")
+    s.add_argument("--json", action="store_true"); s.set_defaults(func=_status)
+    h = sub.add_parser("halt", help="stop new entries (kill switch)")
+    h.add_argument("--close-all", action="store_true",
+                   help="also close every open position with reduce-only market orders")
+    h.add_argument("--venue", choices=TRADING_VENUES, help="where --close-all closes (default: [trading] venue)")
+    h.add_argument("--reason", default=""); h.set_defaults(func=_halt)
+    rs = sub.add_parser("resume", help="lift the kill switch")
+    rs.add_argument("--reason", default=""); rs.set_defaults(func=_halt)
+
+# %% ../nbs/90_cli.ipynb #6a4e2127
+def _run(args, ctx: Context) -> int:
+    from tradelab.pipelines import parse_params, enqueue, run_pipeline
+    params = parse_params(args.param)
+    if args.queue:
+        if not ctx.env.redis_url: raise TradelabError("--queue needs REDIS_URL")
+        print(f"queued {args.pipeline} as job {enqueue(ctx.env.redis_url, args.pipeline, params)}"); return 0
+    run = run_pipeline(ctx.engine, args.pipeline, params, clock=ctx.clock, redis_url=ctx.env.redis_url or None,
+                       actor="cli")
+    print(f"pipeline {run.pipeline} run {run.id}: {run.status} in {run.duration_ms} ms -> {run.output_path}"
+          + (f"\n  {run.error}" if run.status != "ok" else ""))
+    return 0 if run.status == "ok" else 1
+
+def _worker(args, ctx: Context) -> int:
+    from tradelab.pipelines import work
+    if not ctx.env.redis_url: raise TradelabError("tradelab worker needs REDIS_URL (the queue it takes runs from)")
+    print(f"worker: {len(work(ctx.engine, ctx.env.redis_url, once=args.once))} run(s)"); return 0
+
+def _builtin_pipelines(sub):
+    "Register `tradelab run` and `tradelab worker`."
+    p = sub.add_parser("run", help="run one pipeline notebook with papermill, recorded")
+    p.add_argument("pipeline"); p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"))
+    p.add_argument("--queue", action="store_true", help="queue it for a worker (REDIS_URL) instead of running here")
+    p.set_defaults(func=_run)
+    w = sub.add_parser("worker", help="take queued pipeline runs from Redis and run them")
+    w.add_argument("--once", action="store_true", help="stop when the queue is empty"); w.set_defaults(func=_worker)
+
+# %% ../nbs/90_cli.ipynb #0f0a547d
+def _missing(name) -> int:
+    print(f"tradelab {name}: not available in this version yet", file=sys.stderr)
+    return 2
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     "The parser; only the module of the command being run is imported."
     p = argparse.ArgumentParser(prog="tradelab", description="AI-assisted crypto trading workbench")
     p.add_argument("--settings", default="settings.ini", help="trading settings file (default: settings.ini)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
-    d = sub.add_parser("db", help="database migrations")
-    d.add_argument("db_cmd", choices=["upgrade", "current"])
-    d.set_defaults(func=_db)
-    c = sub.add_parser("config", help="show or override trading settings")
-    csub = c.add_subparsers(dest="config_cmd"); csub.required = True
-    cs = csub.add_parser("show", help="effective settings, secrets masked")
-    cs.add_argument("--json", action="store_true"); cs.add_argument("--no-db", action="store_true", help="ignore stored overrides")
-    cset = csub.add_parser("set", help="override one setting (section.key value)")
-    cset.add_argument("key"); cset.add_argument("value", nargs="?")
-    cset.add_argument("--unset", action="store_true"); cset.add_argument("--actor", default=os.environ.get("USER", "cli"))
-    c.set_defaults(func=_config)
-    r = sub.add_parser("report", help="performance and prompt statistics")
-    r.add_argument("what", choices=["performance", "prompts", "calibration", "compare"])
-    r.add_argument("versions", nargs="*", help="for compare: two prompt versions")
-    r.add_argument("--run", help="use the outcomes of this backtest run instead of trades")
-    r.add_argument("--prompt", help="calibration of one prompt version")
-    r.add_argument("--json", action="store_true"); r.add_argument("--duckdb", action="store_true", help="compute with DuckDB")
-    r.set_defaults(func=_report)
+    _builtin(sub); _builtin_trading(sub); _builtin_pipelines(sub)
     wanted = next((a for a in argv if not a.startswith("-")), None)
     if wanted in PLUGINS:  # a module may register several commands: let it go first
         mod = PLUGINS[wanted][0]
@@ -155,16 +247,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             if e.name != mod: raise
             m = None
         if m is not None and hasattr(m, "add_cli"): m.add_cli(sub)
-        else: sub.add_parser(wanted, help=PLUGINS[wanted][1], add_help=False).set_defaults(func=lambda a, c, n=wanted: _missing(n))
+        else:
+            stub = sub.add_parser(wanted, help=PLUGINS[wanted][1], add_help=False)
+            stub.set_defaults(func=lambda a, c, n=wanted: _missing(n))
     for name, (mod, helptext) in PLUGINS.items():
         if name not in sub.choices: sub.add_parser(name, help=helptext, add_help=False)
     return p
 
-def _missing(name) -> int:
-    print(f"tradelab {name}: not available in this version yet", file=sys.stderr)
-    return 2
-
-# %% ../nbs/90_cli.ipynb #ef5005ba
+# %% ../nbs/90_cli.ipynb #ebedff64
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `tradelab` console script."
     argv = sys.argv[1:] if argv is None else argv
@@ -173,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser(probe).parse_known_args(argv)
     if rest and not getattr(args, "allow_extra", False):
         print(f"tradelab: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr); return 2
+    setup_logging()
     ctx = Context(settings_path=args.settings)
     try: rc = args.func(args, ctx)
     except TradelabError as e:

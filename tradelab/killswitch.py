@@ -10,7 +10,7 @@ from .db import AppState, audit
 KEY = "kill_switch"
 
 # %% auto #0
-__all__ = ['KEY', 'state', 'is_halted', 'set_halted', 'add_cli']
+__all__ = ['KEY', 'state', 'is_halted', 'set_halted']
 
 # %% ../nbs/25_killswitch.ipynb #d6aaa9fd
 def state(engine: sa.Engine) -> dict:
@@ -33,27 +33,3 @@ def set_halted(engine: sa.Engine, halted: bool, actor: str, reason: str = "", cl
         else: s.add(AppState(key=KEY, value=val))
         audit(s, actor, "halt" if halted else "resume", KEY, {"reason": reason}, clock)
     return val
-
-# %% ../nbs/25_killswitch.ipynb #006364b2
-def _cmd(args, ctx) -> int:
-    import os
-    actor = os.environ.get("USER", "cli")
-    if args.cmd == "resume":
-        set_halted(ctx.engine, False, actor, args.reason or "", ctx.clock)
-        print("trading resumed: new entries allowed"); return 0
-    set_halted(ctx.engine, True, actor, args.reason or "", ctx.clock)
-    print("trading halted: no new entries")
-    if args.close_all:
-        from tradelab.cycle import close_all  # the venue is built from the environment
-        for line in close_all(ctx, reason="kill switch"): print(line)
-    return 0
-
-def add_cli(sub):
-    "Register `tradelab halt` and `tradelab resume`."
-    h = sub.add_parser("halt", help="stop new entries (kill switch)")
-    h.add_argument("--close-all", action="store_true", help="also close every open position with reduce-only market orders")
-    h.add_argument("--reason", default="")
-    h.set_defaults(func=_cmd)
-    r = sub.add_parser("resume", help="lift the kill switch")
-    r.add_argument("--reason", default="")
-    r.set_defaults(func=_cmd)

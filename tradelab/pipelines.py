@@ -2,16 +2,18 @@
 
 # %% ../nbs/80_pipelines.ipynb #15506ebd
 from __future__ import annotations
-import contextlib, fcntl, json, os, socket, time, uuid
+import contextlib, fcntl, json, logging, os, socket, time, uuid
 from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from .core import TradelabError, SystemClock, data_dir, dumps
 from .db import PipelineRun, audit
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['QUEUE', 'parse_params', 'FileLock', 'RedisLock', 'make_lock', 'held', 'pipelines_dir', 'available', 'run_pipeline',
-           'enqueue', 'work', 'add_cli']
+__all__ = ['log', 'QUEUE', 'parse_params', 'FileLock', 'RedisLock', 'make_lock', 'held', 'pipelines_dir', 'available',
+           'run_pipeline', 'enqueue', 'work']
 
 # %% ../nbs/80_pipelines.ipynb #2ebd09fb
 _SECRET_WORDS = ("key", "secret", "token", "password", "passwd")
@@ -21,7 +23,8 @@ def parse_params(pairs: list[tuple[str, str]] | None) -> dict:
     out = {}
     for k, v in pairs or []:
         if any(w in k.lower() for w in _SECRET_WORDS):
-            raise TradelabError(f"parameter {k!r}: secrets are never passed as notebook parameters (they would be saved in the run record); set them in the environment or .env")
+            raise TradelabError(f"parameter {k!r}: secrets are never passed as notebook parameters (they would be "
+                                "saved in the run record); set them in the environment or .env")
         try: out[k] = json.loads(v)
         except (json.JSONDecodeError, TypeError): out[k] = v
     return out
@@ -60,7 +63,9 @@ def make_lock(name: str, redis_url: str | None = None):
 @contextlib.contextmanager
 def held(lock, what: str):
     "Hold `lock` for the block, or fail at once saying `what` is already running."
-    if not lock.acquire(): raise TradelabError(f"{what} is already running elsewhere (lock {getattr(lock, 'key', getattr(lock, 'path', ''))})")
+    if not lock.acquire():
+        where = getattr(lock, "key", getattr(lock, "path", ""))
+        raise TradelabError(f"{what} is already running elsewhere (lock {where})")
     try: yield lock
     finally: lock.release()
 
@@ -93,16 +98,22 @@ def run_pipeline(engine: sa.Engine, name: str, params: dict | None = None, root:
             run = PipelineRun(pipeline=name, parameters=json.loads(dumps(params)), status="running",
                               host=socket.gethostname(), started_at=start, output_path=str(out))
             s.add(run); audit(s, actor, "pipeline.start", name, {"parameters": run.parameters}, clock); s.commit()
+            ids = {"run_id": run.id, "pipeline": name}
+            log.info("pipeline %s run %s started by %s", name, run.id, actor, extra=ids)
             t0 = time.perf_counter()
             try:
                 pm.execute_notebook(str(src), str(out), parameters={**params, "run_id": run.id}, kernel_name="python3",
-                                    progress_bar=False, log_output=False, cwd=str(Path.cwd()), execution_timeout=cell_timeout)
+                                    progress_bar=False, log_output=False, cwd=str(Path.cwd()),
+                                    execution_timeout=cell_timeout)
                 run.status, run.error = "ok", None
             except Exception as e:
                 run.status = "failed"
                 ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
                 run.error = f"{ename}: {evalue}".strip()[:4000]
             run.finished_at, run.duration_ms = clock.now(), int((time.perf_counter() - t0) * 1000)
+            if run.status == "ok":
+                log.info("pipeline %s run %s finished in %d ms", name, run.id, run.duration_ms, extra=ids)
+            else: log.error("pipeline %s run %s failed: %s", name, run.id, run.error, extra=ids)
             audit(s, actor, f"pipeline.{run.status}", name, {"run_id": run.id, "error": run.error}, clock)
             s.add(run); s.commit()
         return run
@@ -113,7 +124,8 @@ QUEUE = "tradelab:runs"
 def enqueue(redis_url: str, name: str, params: dict | None = None) -> str:
     "Queue a pipeline run for any worker; returns the job id."
     import redis
-    job = {"id": uuid.uuid4().hex, "pipeline": name, "params": parse_params([(k, json.dumps(v)) for k, v in (params or {}).items()])}
+    params = parse_params([(k, json.dumps(v)) for k, v in (params or {}).items()])
+    job = {"id": uuid.uuid4().hex, "pipeline": name, "params": params}
     redis.Redis.from_url(redis_url).lpush(QUEUE, dumps(job))
     return job["id"]
 
@@ -127,33 +139,9 @@ def work(engine: sa.Engine, redis_url: str, once: bool = False, wait_s: int = 5,
             if once: return done
             continue
         job = json.loads(item[1])
-        try: done.append(run_pipeline(engine, job["pipeline"], job["params"], redis_url=redis_url, actor=f"worker:{socket.gethostname()}", **kw))
+        actor = f"worker:{socket.gethostname()}"
+        try: done.append(run_pipeline(engine, job["pipeline"], job["params"], redis_url=redis_url, actor=actor, **kw))
         except TradelabError as e:  # a lock held elsewhere: put the job back for later
+            log.warning("job %s (%s) put back: %s", job["id"], job["pipeline"], e, extra={"job_id": job["id"]})
             r.rpush(QUEUE, item[1]); time.sleep(1)
             if once: return done
-
-# %% ../nbs/80_pipelines.ipynb #e3f265cf
-def _cmd_run(args, ctx) -> int:
-    params = parse_params(args.param)
-    if args.queue:
-        if not ctx.env.redis_url: raise TradelabError("--queue needs REDIS_URL")
-        print(f"queued {args.pipeline} as job {enqueue(ctx.env.redis_url, args.pipeline, params)}"); return 0
-    run = run_pipeline(ctx.engine, args.pipeline, params, clock=ctx.clock, redis_url=ctx.env.redis_url or None, actor="cli")
-    msg = f"pipeline {run.pipeline} run {run.id}: {run.status} in {run.duration_ms} ms -> {run.output_path}"
-    if run.status != "ok": print(msg + f"\n  {run.error}"); return 1
-    print(msg); return 0
-
-def _cmd_worker(args, ctx) -> int:
-    if not ctx.env.redis_url: raise TradelabError("tradelab worker needs REDIS_URL (the queue it takes runs from)")
-    runs = work(ctx.engine, ctx.env.redis_url, once=args.once)
-    print(f"worker: {len(runs)} run(s)"); return 0
-
-def add_cli(sub):
-    "Register `tradelab run` and `tradelab worker`."
-    p = sub.add_parser("run", help="run one pipeline notebook with papermill, recorded")
-    p.add_argument("pipeline"); p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"))
-    p.add_argument("--queue", action="store_true", help="queue it for a worker (REDIS_URL) instead of running here")
-    p.set_defaults(func=_cmd_run)
-    w = sub.add_parser("worker", help="take queued pipeline runs from Redis and run them")
-    w.add_argument("--once", action="store_true", help="stop when the queue is empty")
-    w.set_defaults(func=_cmd_worker)
