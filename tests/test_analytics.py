@@ -29,7 +29,8 @@ def _seed(engine, n=300, seed=7):
             if rng.random() < 0.5:
                 status = rng.choice(["closed", "closed", "closed", "open", "cancelled", "pending"])
                 pnl = D(str(round(rng.uniform(-50, 80), 6))) if status == "closed" and rng.random() > 0.05 else None
-                s.add(Trade(analysis_id=a.id, venue=venue, symbol=a.symbol, side="LONG", status=status, pnl=pnl, prompt_version=pv,
+                s.add(Trade(analysis_id=a.id, venue=venue, symbol=a.symbol, side="LONG", status=status, pnl=pnl,
+                            prompt_version=pv,
                             closed_at=t0 + dt.timedelta(hours=i) if status == "closed" else None))
         s.commit()
 
@@ -91,7 +92,8 @@ def _one_trade_per_venue(engine):
                          recommendation="LONG", image_sha256="cd" * 32)
             s.add(a)
             s.flush()
-            s.add(Trade(analysis_id=a.id, venue=v, symbol="BTCUSDT", side="LONG", status="closed", pnl=D(p), prompt_version="p@1"))
+            s.add(Trade(analysis_id=a.id, venue=v, symbol="BTCUSDT", side="LONG", status="closed", pnl=D(p),
+                        prompt_version="p@1"))
             s.add(Trade(venue=v, symbol="BTCUSDT", side="LONG", status="open", prompt_version="p@1"))
         s.commit()
 
@@ -103,7 +105,7 @@ def test_performance_counts_only_the_real_money_record_by_default(engine, f):
     assert r["venues"] == ["legacy", "live"] == sorted(DEFAULT_VENUES)
     assert (r["analyses"], r["closed_trades"], r["open_trades"], r["total_pnl"], r["wins"]) == (2, 2, 2, 11.0, 2)
     sim = f(engine, venues=["sim"])
-    assert (sim["venues"], sim["analyses"], sim["closed_trades"], sim["total_pnl"], sim["losses"]) == (["sim"], 1, 1, -1000.0, 1)
+    assert (sim["venues"], sim["analyses"], sim["closed_trades"], sim["total_pnl"]) == (["sim"], 1, 1, -1000.0)
     both = f(engine, venues=("paper", "backtest"))
     assert both["venues"] == ["backtest", "paper"] and both["total_pnl"] == 50300.0
 

@@ -205,7 +205,8 @@ def test_sums_of_money_in_sql_are_exact(engine):
 
 
 def test_money_is_rounded_half_even_to_ten_places_identically_on_both_databases(engine):
-    values = {"1.00000000005": "1", "1.00000000015": "1.0000000002", "-2.00000000005": "-2", "0.123456789012": "0.1234567890"}
+    values = {"1.00000000005": "1", "1.00000000015": "1.0000000002", "-2.00000000005": "-2",
+              "0.123456789012": "0.1234567890"}
     with Session(engine) as s:
         for raw in values:
             s.add(Trade(symbol="BTCUSDT", side="LONG", notes=raw, pnl=D(raw)))
@@ -235,7 +236,8 @@ def test_money_is_not_multiplied_in_sql_where_the_encoding_would_make_it_wrong()
 @pytest.mark.parametrize("row", [
     lambda: Trade(symbol="BTCUSDT", side="LONG", status="bogus"),
     lambda: Trade(symbol="BTCUSDT", side="LONG", venue="moon"),
-    lambda: Order(client_order_id="x-1", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market", qty=D(1), status="lost"),
+    lambda: Order(client_order_id="x-1", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market", qty=D(1),
+                  status="lost"),
     lambda: Analysis(symbol="BTCUSDT", timeframe="60", status="maybe"),
     lambda: PipelineRun(pipeline="trading_cycle", status="exploded"),
 ], ids=["trade-status", "trade-venue", "order-status", "analysis-status", "run-status"])
@@ -252,7 +254,8 @@ def test_every_known_status_and_venue_is_accepted(engine):
         for v in VENUES:
             s.add(Trade(symbol="BTCUSDT", side="LONG", venue=v))
         for i, st in enumerate(ORDER_STATUSES):
-            s.add(Order(client_order_id=f"o-{i}", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market", qty=D(1), status=st))
+            s.add(Order(client_order_id=f"o-{i}", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market",
+                        qty=D(1), status=st))
         for st in RUN_STATUSES:
             s.add(PipelineRun(pipeline="trading_cycle", status=st))
         s.commit()
@@ -264,22 +267,34 @@ TEXT_MONEY = ["9500", "11500", "-20.5", "0.1", "0", "-0.0000000001", "123456789.
               "0.30000000000000004", "-922337203.6854775808"]
 
 
+LINKS = {"live-7-entry": "entry", "kill-BTCUSDT-1700000000-close": "kill", "tl-9-close": "close", "ext-123": None,
+         "tl-1-entry": "entry"}
+
+
+def _insert(c, table, **cols):
+    """A row written the way revisions 0001-0003 stored it (raw SQL, money as text)."""
+    marks = ", ".join("?" * len(cols))
+    c.exec_driver_sql(f"insert into {table} ({', '.join(cols)}) values ({marks})", tuple(cols.values()))
+
+
 def _store_at_0003(tmp_path):
     eng = make_engine(f"sqlite:///{tmp_path}/old.db")
     assert upgrade(eng, "0003") == (None, "0003")
+    day = "2024-01-01 00:00:00"
     with eng.begin() as c:
-        assert c.exec_driver_sql("select type from pragma_table_info('trades') where name = 'pnl'").scalar() == "VARCHAR(64)"
-        c.exec_driver_sql("insert into analyses (id, symbol, timeframe, source, status, prompt_version, entry_price, confidence, created_at) "
-                          "values (1, 'BTCUSDT', '60', 'legacy', 'accepted', 'v1', '50123.1234567891', '0.87', '2024-01-01 00:00:00'), "
-                          "(2, 'BTCUSDT', '60', 'live', 'accepted', 'v1', null, '0.5', '2024-01-01 00:00:00')")
+        kind = c.exec_driver_sql("select type from pragma_table_info('trades') where name = 'pnl'").scalar()
+        assert kind == "VARCHAR(64)"
+        for i, source, entry, conf in [(1, "legacy", "50123.1234567891", "0.87"), (2, "live", None, "0.5")]:
+            _insert(c, "analyses", id=i, symbol="BTCUSDT", timeframe="60", source=source, status="accepted",
+                    prompt_version="v1", entry_price=entry, confidence=conf, created_at=day)
         for i, v in enumerate(TEXT_MONEY):
-            c.exec_driver_sql("insert into trades (id, analysis_id, venue, symbol, side, status, pnl, qty, created_at, updated_at) "
-                              "values (?, 1, 'legacy', 'BTCUSDT', 'LONG', 'closed', ?, '0.001', '2024-01-01', '2024-01-01')", (i + 1, v))
-            c.exec_driver_sql("insert into equity_snapshots (venue, equity, at) values ('sim', ?, '2024-01-01')", (v,))
-        for i, link in enumerate(["live-7-entry", "kill-BTCUSDT-1700000000-close", "tl-9-close", "ext-123", "tl-1-entry"]):
-            c.exec_driver_sql("insert into orders (client_order_id, trade_id, venue, symbol, side, order_type, qty, price, reduce_only, "
-                              "status, created_at, updated_at) values (?, 1, 'live', 'BTCUSDT', 'Buy', 'Market', '0.001', "
-                              "'50000.5', 0, 'filled', '2024-01-01', '2024-01-01')", (link,))
+            _insert(c, "trades", id=i + 1, analysis_id=1, venue="legacy", symbol="BTCUSDT", side="LONG",
+                    status="closed", pnl=v, qty="0.001", created_at=day, updated_at=day)
+            _insert(c, "equity_snapshots", venue="sim", equity=v, at=day)
+        for link in LINKS:
+            _insert(c, "orders", client_order_id=link, trade_id=1, venue="live", symbol="BTCUSDT", side="Buy",
+                    order_type="Market", qty="0.001", price="50000.5", reduce_only=0, status="filled", created_at=day,
+                    updated_at=day)
     return eng
 
 
@@ -297,8 +312,7 @@ def test_migration_0004_converts_text_money_exactly_and_backfills(tmp_path):
     assert pnls == want and equity == want and peak == D("123456789.0123456789")
     assert a.entry_price == D("50123.1234567891") and a.confidence == D("0.87")
     assert venues == {1: "legacy", 2: None}
-    assert purposes == {"live-7-entry": "entry", "kill-BTCUSDT-1700000000-close": "kill", "tl-9-close": "close", "ext-123": None,
-                        "tl-1-entry": "entry"}
+    assert purposes == LINKS
     with eng.connect() as c:
         assert c.exec_driver_sql("select typeof(pnl) from trades where id = 1").scalar() == "integer"
         assert c.exec_driver_sql("pragma foreign_keys").scalar() == 1

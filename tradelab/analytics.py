@@ -47,7 +47,8 @@ def record(venues: Iterable[str] | None = None) -> list[str]:
     vs = DEFAULT_VENUES if venues is None else (venues,) if isinstance(venues, str) else tuple(venues)
     bad = [v for v in vs if v not in VENUES]
     if bad or not vs:
-        raise TradelabError(f"unknown venue {', '.join(map(repr, bad)) or '(none given)'}: choose from {', '.join(VENUES)}")
+        named = ", ".join(map(repr, bad)) or "(none given)"
+        raise TradelabError(f"unknown venue {named}: choose from {', '.join(VENUES)}")
     return sorted(set(vs))
 
 # %% ../nbs/15_analytics.ipynb #c2f12c0e
@@ -55,7 +56,8 @@ def _closed_pnls(conn, vs, ordered=True):
     q = sa.select(Trade.prompt_version, Trade.pnl).where(Trade.status == "closed", Trade.venue.in_(vs))
     return conn.execute(q.order_by(Trade.closed_at, Trade.id) if ordered else q).all()
 
-def _summary(n_an: int, status: dict, closed: int, wins: int, losses: int, total, dd, gross_win, gross_loss, vs) -> dict:
+def _summary(n_an: int, status: dict, closed: int, wins: int, losses: int, total, dd, gross_win, gross_loss,
+             vs) -> dict:
     "The performance report (BRIEF §3 keys) from its aggregates."
     return {"analyses": n_an, "open_trades": status.get("open", 0), "pending_trades": status.get("pending", 0),
             "cancelled_trades": status.get("cancelled", 0), "closed_trades": closed, "wins": wins, "losses": losses,
@@ -67,7 +69,8 @@ def _summary(n_an: int, status: dict, closed: int, wins: int, losses: int, total
 def _counts(conn, vs) -> tuple[int, dict]:
     "(analyses, trades by status) of venues `vs`."
     n_an = conn.scalar(sa.select(sa.func.count()).select_from(Analysis).where(Analysis.venue.in_(vs)))
-    return n_an, dict(conn.execute(sa.select(Trade.status, sa.func.count()).where(Trade.venue.in_(vs)).group_by(Trade.status)).all())
+    by_status = sa.select(Trade.status, sa.func.count()).where(Trade.venue.in_(vs)).group_by(Trade.status)
+    return n_an, dict(conn.execute(by_status).all())
 
 # %% ../nbs/15_analytics.ipynb #95743d57
 def performance(engine: sa.Engine, venues: Iterable[str] | None = None) -> dict:
@@ -110,7 +113,7 @@ def _prompt_row(pv, n, closed, wins, pnl, conf, vs) -> dict:
             "total_pnl": _num(pnl), "avg_confidence": float(conf) if conf is not None else None, "venues": vs}
 
 def prompt_stats(engine: sa.Engine, venues: Iterable[str] | None = None) -> list[dict]:
-    "One row per prompt version of `venues` (default: the real-money record): analyses, closed trades, wins, win rate, PnL."
+    "One row per prompt version of `venues` (default: the real-money record): analyses, trades, win rate, PnL."
     vs = record(venues)
     an, tr = _by_prompt(engine, vs)
     out = {pv: {"analyses": n, "conf": cf, "closed": 0, "wins": 0, "pnl": Decimal(0)} for pv, n, _, cf in an}
@@ -122,10 +125,11 @@ def prompt_stats(engine: sa.Engine, venues: Iterable[str] | None = None) -> list
 
 # %% ../nbs/15_analytics.ipynb #cbcb3aae
 def fetch_arrow(engine: sa.Engine, query: sa.Select, names: list[str]) -> pa.Table:
-    "Run `query` on the store (money decoded) and return the rows as an Arrow table of the given column names (as text)."
+    "Run `query` on the store (money decoded); the rows as an Arrow table of the given column names (as text)."
     with engine.connect() as c: rows = c.execute(query).all()
     cols = list(zip(*rows)) if rows else [[] for _ in names]
-    return pa.table({n: pa.array([None if v is None else str(v) for v in col], pa.string()) for n, col in zip(names, cols)})
+    return pa.table({n: pa.array([None if v is None else str(v) for v in col], pa.string())
+                     for n, col in zip(names, cols)})
 
 _DEC = "DECIMAL(38,10)"
 
@@ -192,14 +196,15 @@ def _population(run, venues) -> list[str] | None:
 # %% ../nbs/15_analytics.ipynb #81730d2c
 def calibration(engine: sa.Engine, run: str | None = None, buckets: int = 5, prompt_version: str | None = None,
                 venues: Iterable[str] | None = None) -> list[dict]:
-    "Hit rate per confidence bucket (closed trades of `venues`, or the outcomes of backtest `run`), with Wilson intervals."
+    "Hit rate per confidence bucket (closed trades of `venues`, or the outcomes of backtest `run`), with intervals."
     vs = _population(run, venues)
     with engine.connect() as c: rows = _outcomes(c, run, vs)
     out = []
     edges = [Decimal(i) / buckets for i in range(buckets + 1)]
     for i in range(buckets):
         lo, hi = edges[i], edges[i + 1]
-        sel = [r for r in rows if r[5] is not None and r[2] is not None and (prompt_version is None or r[1] == prompt_version)
+        sel = [r for r in rows if r[5] is not None and r[2] is not None
+               and (prompt_version is None or r[1] == prompt_version)
                and (lo <= r[2] < hi or (i == buckets - 1 and r[2] == hi))]
         n, hits = len(sel), sum(r[5] for r in sel)
         out.append({"bucket": f"{lo:.2f}-{hi:.2f}", "n": n, "hits": hits, "hit_rate": hits / n if n else None,
@@ -214,7 +219,8 @@ def _binom_two_sided(k: int, n: int) -> float:
     pmf = [math.comb(n, i) / 2 ** n for i in range(n + 1)]
     return min(1.0, sum(p for p in pmf if p <= pmf[k] * (1 + 1e-9)))
 
-def compare_prompts(engine: sa.Engine, a: str, b: str, run: str | None = None, venues: Iterable[str] | None = None) -> dict:
+def compare_prompts(engine: sa.Engine, a: str, b: str, run: str | None = None,
+                    venues: Iterable[str] | None = None) -> dict:
     "Paired comparison of prompt versions `a` and `b` on the charts both analysed (analyses and trades of `venues`)."
     vs = _population(run, venues)
     with engine.connect() as c: rows = _outcomes(c, run, vs)

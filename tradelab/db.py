@@ -47,7 +47,8 @@ def canonical(d: Decimal) -> Decimal:
     return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
 
 # %% ../nbs/10_db.ipynb #bb86be82
-_NOT_IN_SQL = {operators.mul: "multiplied", operators.truediv: "divided", operators.floordiv: "divided", operators.mod: "divided"}
+_NOT_IN_SQL = {operators.mul: "multiplied", operators.truediv: "divided", operators.floordiv: "divided",
+               operators.mod: "divided"}
 
 def _money_op(op):
     if op in _NOT_IN_SQL:
@@ -67,7 +68,8 @@ class Dec(TypeDecorator):
         return to_scaled(v) if dialect.name == "sqlite" else quantise(v)
     def process_result_value(self, v, dialect):
         if v is None: return None
-        if dialect.name != "sqlite": return canonical(v if -v.as_tuple().exponent <= SCALE else quantise(v))  # avg: more places
+        if dialect.name != "sqlite":  # avg() has more than 10 places
+            return canonical(v if -v.as_tuple().exponent <= SCALE else quantise(v))
         # an integer from a column, sum, max...; a float only from avg(), which SQLite computes in floating point
         return canonical(Decimal(v).scaleb(-SCALE) if isinstance(v, int) else quantise(D(v).scaleb(-SCALE)))
     class Comparator(TypeDecorator.Comparator):
@@ -81,7 +83,8 @@ class _MoneyResult(GenericFunction):
     "A function SQLAlchemy leaves untyped whose result over money is money, so it decodes on both databases."
     _register, inherit_cache = False, True
     def __init__(self, *args, **kw):
-        fn_args = [coercions.expect(roles.ExpressionElementRole, c, name=self.name, apply_propagate_attrs=self) for c in args]
+        fn_args = [coercions.expect(roles.ExpressionElementRole, c, name=self.name, apply_propagate_attrs=self)
+                   for c in args]
         if fn_args and isinstance(fn_args[0].type, Dec): kw.setdefault("type_", fn_args[0].type)
         super().__init__(*fn_args, _parsed_args=fn_args, **kw)
 
@@ -179,8 +182,9 @@ class Analysis(Base):
     market_snapshot: Mapped[dict | None] = mapped_column(JSONType)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
     trades: Mapped[list["Trade"]] = relationship(back_populates="analysis")
-    __table_args__ = (Index(None, "symbol", "timeframe", "created_at"), Index(None, "venue", "prompt_version", "confidence"), Index(None, "created_at"),
-                      Index(None, "image_sha256", "prompt_version", "model"), one_of("status", ANALYSIS_STATUSES))
+    __table_args__ = (Index(None, "symbol", "timeframe", "created_at"),
+                      Index(None, "venue", "prompt_version", "confidence"), Index(None, "created_at"), Index(None, "image_sha256", "prompt_version", "model"),
+                      one_of("status", ANALYSIS_STATUSES))
 
 class Trade(Base):
     "One position lifecycle, from entry to close."
@@ -208,8 +212,9 @@ class Trade(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
     analysis: Mapped[Analysis | None] = relationship(back_populates="trades")
-    __table_args__ = (Index(None, "status", "venue", "prompt_version", "pnl"), Index(None, "symbol"), Index(None, "prompt_version"),
-                      Index(None, "closed_at"), one_of("status", TRADE_STATUSES), one_of("venue", VENUES))
+    __table_args__ = (Index(None, "status", "venue", "prompt_version", "pnl"), Index(None, "symbol"),
+                      Index(None, "prompt_version"), Index(None, "closed_at"),
+                      one_of("status", TRADE_STATUSES), one_of("venue", VENUES))
 
 class Order(Base):
     "An order we decided to send; the client order id (Bybit orderLinkId) is stored before sending."

@@ -56,7 +56,8 @@ def _migrating(engine: sa.Engine):
         try:
             with conn.begin(): yield conn
             broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall(); conn.commit()
-            if broken: raise TradelabError(f"after migrating, {len(broken)} rows reference missing rows, e.g. {broken[:3]}")
+            if broken:
+                raise TradelabError(f"after migrating, {len(broken)} rows reference missing rows, e.g. {broken[:3]}")
         finally: conn.exec_driver_sql("PRAGMA foreign_keys=ON"); conn.commit()
 
 # %% ../nbs/11_migrate.ipynb #873befef
@@ -70,7 +71,8 @@ def upgrade(engine: sa.Engine, target: str = "head") -> tuple[str | None, str]:
     return cur, current_revision(engine)
 
 def _run(engine, fn, target):
-    with EnvironmentContext(_config(), script_directory(), fn=fn, destination_rev=target) as env, _migrating(engine) as conn:
+    ctx = EnvironmentContext(_config(), script_directory(), fn=fn, destination_rev=target)
+    with ctx as env, _migrating(engine) as conn:
         env.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=engine.dialect.name == "sqlite")
         with env.begin_transaction(): env.run_migrations()
 

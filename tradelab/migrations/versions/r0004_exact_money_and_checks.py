@@ -45,13 +45,15 @@ def _converted(table, cols, fn):
     "(converted values..., rowid) for every row; a value `fn` refuses names its table, column and row."
     def conv(rowid, col, v):
         try: return fn(v)
-        except core.TradelabError as e: raise core.TradelabError(f"{table}.{col} (row {rowid}): {e}; nothing was changed") from None
+        except core.TradelabError as e:
+            raise core.TradelabError(f"{table}.{col} (row {rowid}): {e}; nothing was changed") from None
     for r in op.get_bind().exec_driver_sql(f"select rowid, {', '.join(cols)} from {table}").fetchall():
         yield tuple(conv(r[0], c, v) for c, v in zip(cols, r[1:])) + (r[0],)
 
 def _rewrite(table, cols, fn, chunk=20_000):
     "Pass every value of `cols` through `fn`, in place."
-    new, sql = list(_converted(table, cols, fn)), f"update {table} set {', '.join(f'{c} = ?' for c in cols)} where rowid = ?"
+    new = list(_converted(table, cols, fn))
+    sql = f"update {table} set {', '.join(f'{c} = ?' for c in cols)} where rowid = ?"
     for i in range(0, len(new), chunk): op.get_bind().exec_driver_sql(sql, new[i:i + chunk])
 
 def _refuse_unknown_values():
@@ -59,9 +61,10 @@ def _refuse_unknown_values():
     conn = op.get_bind()
     for table, checks in CHECKS.items():
         for col, values in checks.items():
-            bad = conn.exec_driver_sql(f"select {col}, count(*) from {table} where not ({_in(col, values)}) group by {col}").fetchall()
-            if bad: raise core.TradelabError(f"{table}.{col} holds values outside {list(values)}: "
-                                        + ", ".join(f"{v!r} ({n} rows)" for v, n in bad) + "; fix them, then upgrade again")
+            q = f"select {col}, count(*) from {table} where not ({_in(col, values)}) group by {col}"
+            bad = ", ".join(f"{v!r} ({n} rows)" for v, n in conn.exec_driver_sql(q).fetchall())
+            if bad: raise core.TradelabError(f"{table}.{col} holds values outside {list(values)}: {bad}; "
+                                             "fix them, then upgrade again")
 
 # %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #95d5fa38
 INDEXES_0003 = {"ix_analyses_prompt_version_confidence": ("analyses", ["prompt_version", "confidence"]),
@@ -75,11 +78,13 @@ def _indexes(add: dict, drop: dict):
 
 def _backfill():
     op.execute("update analyses set venue = source where source in ('legacy', 'paper', 'backtest')")
-    op.execute("""update orders set purpose = case when client_order_id like 'kill-%' or client_order_id like '%-kill%' then 'kill'
-                  when client_order_id like '%-close%' then 'close' when client_order_id like 'ext-%' then null else 'entry' end""")
+    op.execute("""update orders set purpose = case
+                    when client_order_id like 'kill-%' or client_order_id like '%-kill%' then 'kill'
+                    when client_order_id like '%-close%' then 'close'
+                    when client_order_id like 'ext-%' then null else 'entry' end""")
 
 def upgrade():
-    "SQLite money as exact integers; analyses.venue and orders.purpose, backfilled; CHECK constraints on statuses and venue."
+    "SQLite money as exact integers; analyses.venue, orders.purpose (backfilled); CHECKs on statuses and venue."
     sqlite = op.get_bind().dialect.name == "sqlite"
     _refuse_unknown_values()
     for table in MONEY if sqlite else ():  # every value must convert before anything changes
@@ -92,7 +97,8 @@ def upgrade():
         if money: _rewrite(table, money, _to_scaled)
         with op.batch_alter_table(table, recreate="always" if sqlite else "auto") as b:
             for c in money: b.alter_column(c, type_=sa.BigInteger(), existing_type=r0001.TextDec())
-            for col, values in CHECKS.get(table, {}).items(): b.create_check_constraint(op.f(f"ck_{table}_{col}"), _in(col, values))
+            for col, values in CHECKS.get(table, {}).items():
+                b.create_check_constraint(op.f(f"ck_{table}_{col}"), _in(col, values))
     _indexes(INDEXES_0004, INDEXES_0003)
 
 def downgrade():
