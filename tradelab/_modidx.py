@@ -291,6 +291,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'tradelab.fakellm.FakeLLM.push': ('fakellm.html#fakellm.push', 'tradelab/fakellm.py'),
                                   'tradelab.fakellm.FakeLLM.start': ('fakellm.html#fakellm.start', 'tradelab/fakellm.py'),
                                   'tradelab.fakellm.FakeLLM.stop': ('fakellm.html#fakellm.stop', 'tradelab/fakellm.py'),
+                                  'tradelab.fakellm._content': ('fakellm.html#_content', 'tradelab/fakellm.py'),
+                                  'tradelab.fakellm._handler': ('fakellm.html#_handler', 'tradelab/fakellm.py'),
                                   'tradelab.fakellm.completion': ('fakellm.html#completion', 'tradelab/fakellm.py'),
                                   'tradelab.fakellm.start_fake_llm': ('fakellm.html#start_fake_llm', 'tradelab/fakellm.py')},
             'tradelab.images': { 'tradelab.images.clean_image': ('images.html#clean_image', 'tradelab/images.py'),
