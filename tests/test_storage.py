@@ -1,6 +1,7 @@
 """Storage on both databases: exact money, aware times, migrations that match the models."""
 import datetime as dt
 import sqlite3
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -273,17 +274,36 @@ LINKS = {"live-7-entry": "entry", "kill-BTCUSDT-1700000000-close": "kill", "tl-9
 
 def _insert(c, table, **cols):
     """A row written the way revisions 0001-0003 stored it (raw SQL, money as text)."""
-    marks = ", ".join("?" * len(cols))
-    c.exec_driver_sql(f"insert into {table} ({', '.join(cols)}) values ({marks})", tuple(cols.values()))
+    c.execute(sa.text(f"insert into {table} ({', '.join(cols)}) values ({', '.join(':' + k for k in cols)})"), cols)
 
 
-def _store_at_0003(tmp_path):
-    eng = make_engine(f"sqlite:///{tmp_path}/old.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_engine(request, tmp_path):
+    """An empty database, never migrated, on each of the two."""
+    if request.param == "sqlite":
+        eng = make_engine(f"sqlite:///{tmp_path}/old.db")
+        yield eng
+        eng.dispose()
+        return
+    from conftest import _pg_admin, PG_ADMIN_URL
+    name, admin = f"tradelab_t0004_{uuid.uuid4().hex[:8]}", _pg_admin()
+    with admin.connect() as c:
+        c.exec_driver_sql(f'create database "{name}"')
+    eng = make_engine(sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
+    yield eng
+    eng.dispose()
+    with admin.connect() as c:
+        c.exec_driver_sql(f'drop database if exists "{name}" with (force)')
+    admin.dispose()
+
+
+def _store_at_0003(eng):
     assert upgrade(eng, "0003") == (None, "0003")
     day = "2024-01-01 00:00:00"
     with eng.begin() as c:
-        kind = c.exec_driver_sql("select type from pragma_table_info('trades') where name = 'pnl'").scalar()
-        assert kind == "VARCHAR(64)"
+        if eng.dialect.name == "sqlite":
+            kind = c.exec_driver_sql("select type from pragma_table_info('trades') where name = 'pnl'").scalar()
+            assert kind == "VARCHAR(64)"
         for i, source, entry, conf in [(1, "legacy", "50123.1234567891", "0.87"), (2, "live", None, "0.5")]:
             _insert(c, "analyses", id=i, symbol="BTCUSDT", timeframe="60", source=source, status="accepted",
                     prompt_version="v1", entry_price=entry, confidence=conf, created_at=day)
@@ -293,13 +313,13 @@ def _store_at_0003(tmp_path):
             _insert(c, "equity_snapshots", venue="sim", equity=v, at=day)
         for link in LINKS:
             _insert(c, "orders", client_order_id=link, trade_id=1, venue="live", symbol="BTCUSDT", side="Buy",
-                    order_type="Market", qty="0.001", price="50000.5", reduce_only=0, status="filled", created_at=day,
+                    order_type="Market", qty="0.001", price="50000.5", reduce_only=False, status="filled", created_at=day,
                     updated_at=day)
     return eng
 
 
-def test_migration_0004_converts_text_money_exactly_and_backfills(tmp_path):
-    eng = _store_at_0003(tmp_path)
+def test_migration_0004_converts_text_money_exactly_and_backfills(empty_engine):
+    eng = _store_at_0003(empty_engine)
     assert upgrade(eng) == ("0003", head_revision())
     with Session(eng) as s:
         pnls = [t.pnl for t in s.scalars(sa.select(Trade).order_by(Trade.id))]
@@ -314,15 +334,16 @@ def test_migration_0004_converts_text_money_exactly_and_backfills(tmp_path):
     assert venues == {1: "legacy", 2: None}
     assert purposes == LINKS
     with eng.connect() as c:
-        assert c.exec_driver_sql("select typeof(pnl) from trades where id = 1").scalar() == "integer"
-        assert c.exec_driver_sql("pragma foreign_keys").scalar() == 1
-        assert c.exec_driver_sql("pragma foreign_key_check").fetchall() == []
         diff = compare_metadata(MigrationContext.configure(c), Base.metadata)
+        if eng.dialect.name == "sqlite":
+            assert c.exec_driver_sql("select typeof(pnl) from trades where id = 1").scalar() == "integer"
+            assert c.exec_driver_sql("pragma foreign_keys").scalar() == 1
+            assert c.exec_driver_sql("pragma foreign_key_check").fetchall() == []
     assert diff == []
 
 
 def test_migration_0004_downgrades_back_to_the_same_text(tmp_path):
-    eng = _store_at_0003(tmp_path)
+    eng = _store_at_0003(make_engine(f"sqlite:///{tmp_path}/old.db"))
     with eng.connect() as c:
         before = c.exec_driver_sql("select id, pnl, qty from trades order by id").fetchall()
     upgrade(eng)
@@ -340,7 +361,7 @@ def test_migration_0004_downgrades_back_to_the_same_text(tmp_path):
     ("update trades set status = 'canceled' where id = 2", r"trades\.status .*'canceled' \(1 rows\)"),
 ], ids=["money-out-of-sqlite-range", "status-the-check-refuses"])
 def test_migration_0004_stops_on_a_value_it_cannot_keep_naming_it_and_changes_nothing(tmp_path, bad, says):
-    eng = _store_at_0003(tmp_path)
+    eng = _store_at_0003(make_engine(f"sqlite:///{tmp_path}/old.db"))
     with eng.begin() as c:
         c.exec_driver_sql(bad)
     with pytest.raises(TradelabError, match=says):

@@ -12,7 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.sql import operators, coercions, roles
 from sqlalchemy.sql.functions import GenericFunction
-from .core import D, dstr, UTC, TradelabError, data_dir
+from .core import D, UTC, TradelabError, data_dir
 from .settings import mask_url
 
 # %% auto #0
