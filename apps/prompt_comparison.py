@@ -8,7 +8,6 @@ import pandas as pd
 import panel as pn
 import hvplot.pandas  # noqa: F401  (registers .hvplot)
 from tradelab import service
-from tradelab.analytics import DEFAULT_VENUES
 from tradelab.db import make_engine
 
 
@@ -28,7 +27,7 @@ def frames(engine, run: str | None = None, venues=None) -> tuple[pd.DataFrame, p
 def build(engine, run: str | None = None, venues=None) -> pn.viewable.Viewable:
     "The comparison page for one database, over `venues` (default: the real-money record)."
     stats, calib = frames(engine, run, venues)
-    covered = pn.pane.Markdown(f"Trades of venues: **{', '.join(venues or DEFAULT_VENUES)}**")
+    covered = pn.pane.Markdown(f"Trades of venues: **{', '.join(venues or service.DEFAULT_VENUES)}**")
     if not len(stats):
         return pn.Column("# Prompt comparison", covered,
                          "No analyses yet: run `tradelab migrate-legacy` or a trading cycle.")

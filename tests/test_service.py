@@ -166,6 +166,18 @@ def test_the_kill_switch_does_not_reach_the_cycle_through_any_import():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
 
 
+def test_no_two_tradelab_modules_import_each_other_even_lazily():
+    graph = {p.stem: _imports(p) for p in (ROOT / "tradelab").glob("*.py")}
+    graph = {m: {x for x in deps if x in graph and x != m} for m, deps in graph.items()}
+    def reach(m):
+        seen, todo = set(), list(graph[m])
+        while todo:
+            x = todo.pop()
+            if x not in seen: seen.add(x); todo += graph[x]
+        return seen
+    assert sorted(m for m in graph if m in reach(m)) == []
+
+
 def test_the_service_layer_never_prints():
     tree = ast.parse((ROOT / "tradelab" / "service.py").read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"]

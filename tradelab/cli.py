@@ -121,7 +121,6 @@ def _config(args, ctx: Context) -> int:
 # %% ../nbs/90_cli.ipynb #8d72b0ca
 def _report(args, ctx: Context) -> int:
     from tradelab import service
-    from tradelab.analytics import DEFAULT_VENUES
     if args.run and args.what in ("performance", "prompts"):
         raise TradelabError(f"--run applies to calibration and compare; `tradelab backtest --run {args.run}` "
                             "prints the run per prompt")
@@ -132,7 +131,8 @@ def _report(args, ctx: Context) -> int:
     else:
         if len(args.versions) != 2: raise TradelabError("report compare needs two prompt versions: report compare A B")
         res = service.compare(ctx.engine, *args.versions, run=args.run, venues=v)
-    if not args.json: print(f"backtest run {args.run}" if args.run else f"venues: {', '.join(v or DEFAULT_VENUES)}")
+    if not args.json:
+        print(f"backtest run {args.run}" if args.run else f"venues: {', '.join(v or service.DEFAULT_VENUES)}")
     _print(res, args.json)
     return 0
 

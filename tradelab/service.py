@@ -15,9 +15,9 @@ from .risk import drawdown, entry_blocks
 from .settings import load_settings
 
 # %% auto #0
-__all__ = ['TRADE_FIELDS', 'ANALYSIS_FIELDS', 'positions', 'status', 'trades', 'analyses', 'performance', 'prompt_stats',
-           'calibration', 'compare', 'halt', 'resume', 'close_position', 'close_all', 'modify_tpsl', 'config_get',
-           'config_set', 'config_validate']
+__all__ = ['TRADE_FIELDS', 'ANALYSIS_FIELDS', 'DEFAULT_VENUES', 'positions', 'status', 'trades', 'analyses', 'performance',
+           'prompt_stats', 'calibration', 'compare', 'halt', 'resume', 'close_position', 'close_all', 'modify_tpsl',
+           'config_get', 'config_set', 'config_validate']
 
 # %% ../nbs/85_service.ipynb #ec63c7ec
 def _open_trade_ids(engine, venue) -> dict[str, int]:
@@ -83,6 +83,8 @@ def analyses(engine: sa.Engine, venue=None, limit: int | None = 50, status=None)
     return _rows(engine, Analysis, ANALYSIS_FIELDS, venue, status, limit)
 
 # %% ../nbs/85_service.ipynb #11b83266
+DEFAULT_VENUES = analytics.DEFAULT_VENUES  # the real-money record: what "the track record" means unless asked otherwise
+
 def performance(engine: sa.Engine, venues=None, duckdb: bool = False) -> dict:
     "Overall performance over `venues` (default the real-money record), from trades and analyses."
     f = analytics.duck_performance if duckdb else analytics.performance
