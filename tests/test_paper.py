@@ -162,3 +162,27 @@ def test_the_simulator_and_the_backtest_venue_serve_the_same_prices_for_a_seed()
         assert not other["close"].equals(mine["close"])
     finally:
         sim.stop()
+
+
+@pytest.mark.slow
+def test_two_processes_trading_one_paper_account_at_the_same_time_lose_nothing(engine, market):
+    market.set_price("DOGEUSDT", "0.1")
+    url = engine.url.render_as_string(hide_password=False)
+    script = textwrap.dedent(f"""
+        import sys
+        from decimal import Decimal
+        from tradelab.bybit import BybitPort, make_http
+        from tradelab.db import make_engine
+        from tradelab.exchange import OrderRequest
+        from tradelab.paper import paper_port
+        port = paper_port(BybitPort(make_http("mainnet", base_url="{market.url}"), "mainnet"), db=make_engine("{url}"))
+        for i in range(15):
+            port.place_order(OrderRequest("DOGEUSDT", "Buy", Decimal("100"), order_link_id=f"{{sys.argv[1]}}-{{i}}"))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, name], stderr=subprocess.PIPE, text=True) for name in ("p", "q")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
+    port = paper_port(public(market), db=engine)
+    links = [x.order_link_id for x in port.executions()]
+    assert sorted(links) == sorted(f"{n}-{i}" for n in "pq" for i in range(15))
+    assert port.positions()[0].size == D("3000") and port.engine.balance == D(10000) - sum(x.fee for x in port.executions())
