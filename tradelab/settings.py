@@ -11,8 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .core import TradelabError
 
 # %% auto #0
-__all__ = ['TradingSection', 'ScheduleSection', 'RiskSection', 'AnalysisSection', 'Settings', 'parse_ini', 'load_settings', 'Env',
-           'mask_url', 'load_env']
+__all__ = ['TradingSection', 'ScheduleSection', 'RiskSection', 'AnalysisSection', 'Settings', 'parse_ini', 'load_settings',
+           'mask_url', 'Env', 'load_env']
 
 # %% ../nbs/05_settings.ipynb #2d08fbe0
 class _Section(BaseModel):
@@ -46,6 +46,7 @@ class TradingSection(_Section):
         if bad: raise ValueError(f"unknown timeframe(s) {bad}; use Bybit intervals {sorted(ok)}")
         return v
 
+# %% ../nbs/05_settings.ipynb #a39a71d6
 class ScheduleSection(_Section):
     "How often the cycle runs."
     cycle_minutes: int = Field(15, ge=1, le=1440)
@@ -65,6 +66,7 @@ class RiskSection(_Section):
     max_slots: int = Field(5, ge=1, le=100)
     confidence_floor: Decimal = Field(Decimal("0.5"), ge=0, le=1)
 
+# %% ../nbs/05_settings.ipynb #97d58577
 class AnalysisSection(_Section):
     "Which analyzer and prompts run, and the guard rails on model calls."
     analyzer: Literal["technical", "openai"] = "technical"
@@ -80,6 +82,7 @@ class AnalysisSection(_Section):
     watch_folder: str = ""
     _split = field_validator("prompts", mode="before")(_csv)
 
+# %% ../nbs/05_settings.ipynb #7c277480
 class Settings(_Section):
     "The validated trading settings (settings.ini merged with dashboard overrides)."
     trading: TradingSection = TradingSection()
@@ -113,6 +116,7 @@ def _fmt_error(e: ValidationError, path, raw) -> str:
     if err["type"] == "extra_forbidden": msg = "unknown key (typo? it is not a setting tradelab knows)"
     return f"{where}{shown}: {msg}"
 
+# %% ../nbs/05_settings.ipynb #aedf8620
 def parse_ini(text: str, path="settings.ini") -> dict:
     "The ini text as {section: {key: value}}; secrets in it are refused."
     cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
@@ -123,9 +127,11 @@ def parse_ini(text: str, path="settings.ini") -> dict:
     for s, kv in raw.items():
         for k in kv:
             if s != "costs" and any(w in k.lower() for w in _SECRET_WORDS):
-                raise TradelabError(f"{path} [{s}] {k}: secrets are never read from settings.ini; set it in the environment or .env")
+                raise TradelabError(f"{path} [{s}] {k}: secrets are never read from settings.ini; "
+                                    "set it in the environment or .env")
     return raw
 
+# %% ../nbs/05_settings.ipynb #787c224c
 def load_settings(path: str | Path | None = "settings.ini", overrides: dict | None = None) -> Settings:
     "Validated settings from `path` (missing file → defaults) with `overrides` ({section: {key: value}}) on top."
     raw: dict = {}
@@ -133,6 +139,15 @@ def load_settings(path: str | Path | None = "settings.ini", overrides: dict | No
     for s, kv in (overrides or {}).items(): raw.setdefault(s, {}).update(kv)
     try: return Settings.model_validate(raw)
     except ValidationError as e: raise TradelabError(_fmt_error(e, path, raw)) from None
+
+# %% ../nbs/05_settings.ipynb #a9f186d5
+def mask_url(url: str) -> str:
+    "A connection URL with its password replaced by ***."
+    if "@" not in url or "://" not in url: return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 # %% ../nbs/05_settings.ipynb #e27678f1
 class Env(BaseSettings):
@@ -155,19 +170,13 @@ class Env(BaseSettings):
         "Everything, with secrets shown as set/unset only."
         out = {}
         for k, v in self.model_dump().items():
-            out[k] = ("***" if v is not None and v.get_secret_value() else "") if isinstance(v, SecretStr) else (v if v is not None else "")
+            if isinstance(v, SecretStr): out[k] = "***" if v.get_secret_value() else ""
+            else: out[k] = v if v is not None else ""
         out["database_url"] = mask_url(self.database_url)
         out["redis_url"] = mask_url(self.redis_url)
         return out
 
-def mask_url(url: str) -> str:
-    "A connection URL with its password replaced by ***."
-    if "@" not in url or "://" not in url: return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-
+# %% ../nbs/05_settings.ipynb #d35f37ed
 def load_env(**overrides) -> Env:
     "The environment settings (`.env` in the working directory is read too)."
     try: return Env(**overrides)
