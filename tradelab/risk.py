@@ -29,6 +29,7 @@ class Signal:
         risk = abs(self.entry - self.stop_loss)
         return abs(self.take_profit - self.entry) / risk if risk else Decimal(0)
 
+# %% ../nbs/20_risk.ipynb #874007d6
 @dataclass(frozen=True)
 class OpenPosition:
     "An open position as risk sees it."
@@ -49,6 +50,7 @@ class Account:
     positions: tuple[OpenPosition, ...] = ()
     halted: bool = False
 
+# %% ../nbs/20_risk.ipynb #8fafe98f
 @dataclass(frozen=True)
 class Limits:
     "An instrument's order limits (duck-compatible with `tradelab.exchange.Instrument`)."
