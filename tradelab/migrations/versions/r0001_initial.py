@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'TextDec', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #8b6c5a24
+# %% ../../../nbs/migrations/0001_initial.ipynb #8d729dc8
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -11,8 +11,9 @@ import tradelab.db
 
 from sqlalchemy.types import TypeDecorator
 
+# %% ../../../nbs/migrations/0001_initial.ipynb #541b4b4a
 class TextDec(TypeDecorator):
-    "Money as revisions 0001-0003 stored it: decimal text on SQLite, Numeric(28,10) on PostgreSQL (0004 changes SQLite)."
+    "Money as revisions 0001-0003 stored it: decimal text on SQLite, Numeric(28,10) on PostgreSQL (0004: SQLite)."
     impl = sa.Numeric(28, 10)
     cache_ok = True
     def load_dialect_impl(self, dialect):
@@ -23,63 +24,82 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #2da74d07
-def upgrade():
-    "Create every table of the initial schema."
+# %% ../../../nbs/migrations/0001_initial.ipynb #7c73b58a
+def _json(): return sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
+def _bigid(): return sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
+def _utc(): return tradelab.db.UTCDateTime(timezone=True)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #84f18384
+def _app_state():
     op.create_table('app_state',
     sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('value', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('updated_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('value', _json(), nullable=True),
+    sa.Column('updated_at', _utc(), nullable=False),
     sa.PrimaryKeyConstraint('key', name=op.f('pk_app_state'))
     )
+
+def _audit_log():
     op.create_table('audit_log',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
+    sa.Column('at', _utc(), nullable=False),
     sa.Column('actor', sa.String(length=64), nullable=False),
     sa.Column('action', sa.String(length=64), nullable=False),
     sa.Column('target', sa.String(length=256), nullable=True),
-    sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('details', _json(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_log'))
     )
     op.create_index(op.f('ix_audit_log_at'), 'audit_log', ['at'], unique=False)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #a075c838
+def _bot_config():
     op.create_table('bot_config',
     sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('value', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('value', _json(), nullable=False),
     sa.Column('updated_by', sa.String(length=64), nullable=False),
-    sa.Column('updated_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', _utc(), nullable=False),
     sa.PrimaryKeyConstraint('key', name=op.f('pk_bot_config'))
     )
     op.create_table('bot_config_history',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('key', sa.String(length=128), nullable=False),
-    sa.Column('old_value', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('new_value', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('old_value', _json(), nullable=True),
+    sa.Column('new_value', _json(), nullable=True),
     sa.Column('changed_by', sa.String(length=64), nullable=False),
-    sa.Column('changed_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('changed_at', _utc(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_bot_config_history'))
     )
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #b5b5c446
+def _equity_snapshots():
     op.create_table('equity_snapshots',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
     sa.Column('venue', sa.String(length=16), nullable=False),
     sa.Column('equity', TextDec(), nullable=False),
-    sa.Column('at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', _utc(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_equity_snapshots'))
     )
     op.create_index(op.f('ix_equity_snapshots_venue_at'), 'equity_snapshots', ['venue', 'at'], unique=False)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #49e88e70
+def _pipeline_runs():
     op.create_table('pipeline_runs',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('pipeline', sa.String(length=64), nullable=False),
-    sa.Column('parameters', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('parameters', _json(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('host', sa.String(length=128), nullable=True),
-    sa.Column('started_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', tradelab.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', _utc(), nullable=False),
+    sa.Column('finished_at', _utc(), nullable=True),
     sa.Column('duration_ms', sa.Integer(), nullable=True),
     sa.Column('output_path', sa.Text(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_pipeline_runs'))
     )
-    op.create_index(op.f('ix_pipeline_runs_pipeline_started_at'), 'pipeline_runs', ['pipeline', 'started_at'], unique=False)
+    op.create_index(op.f('ix_pipeline_runs_pipeline_started_at'), 'pipeline_runs', ['pipeline', 'started_at'],
+                    unique=False)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #45c2ef65
+def _prompt_versions():
     op.create_table('prompt_versions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -89,21 +109,26 @@ def upgrade():
     sa.Column('system_prompt', sa.Text(), nullable=False),
     sa.Column('template', sa.Text(), nullable=False),
     sa.Column('output_schema', sa.String(length=64), nullable=False),
-    sa.Column('meta', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('meta', _json(), nullable=False),
+    sa.Column('created_at', _utc(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_prompt_versions')),
     sa.UniqueConstraint('name', 'version', name=op.f('uq_prompt_versions_name_version'))
     )
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #54e57d5e
+def _rejected_rows():
     op.create_table('rejected_rows',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
     sa.Column('source', sa.String(length=64), nullable=False),
     sa.Column('source_id', sa.String(length=256), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('raw', sa.Text(), nullable=True),
-    sa.Column('created_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', _utc(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_rejected_rows')),
     sa.UniqueConstraint('source', 'source_id', name=op.f('uq_rejected_rows_source_source_id'))
     )
+
+def _users():
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -111,12 +136,15 @@ def upgrade():
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('totp_secret_enc', sa.Text(), nullable=True),
     sa.Column('must_change_password', sa.Boolean(), nullable=False),
-    sa.Column('created_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', _utc(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
     sa.UniqueConstraint('name', name=op.f('uq_users_name'))
     )
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #4b38ad38
+def _analyses():
     op.create_table('analyses',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
     sa.Column('external_id', sa.String(length=128), nullable=True),
     sa.Column('symbol', sa.String(length=32), nullable=False),
     sa.Column('timeframe', sa.String(length=8), nullable=False),
@@ -130,7 +158,7 @@ def upgrade():
     sa.Column('entry_price', TextDec(), nullable=True),
     sa.Column('stop_loss', TextDec(), nullable=True),
     sa.Column('take_profit', TextDec(), nullable=True),
-    sa.Column('key_levels', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('key_levels', _json(), nullable=True),
     sa.Column('time_horizon', sa.String(length=16), nullable=True),
     sa.Column('risk_reward', TextDec(), nullable=True),
     sa.Column('market_conditions', sa.String(length=16), nullable=True),
@@ -143,37 +171,49 @@ def upgrade():
     sa.Column('tokens_out', sa.Integer(), nullable=True),
     sa.Column('cost_usd', TextDec(), nullable=True),
     sa.Column('latency_ms', sa.Integer(), nullable=True),
-    sa.Column('market_snapshot', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('created_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['prompt_version_id'], ['prompt_versions.id'], name=op.f('fk_analyses_prompt_version_id_prompt_versions')),
+    sa.Column('market_snapshot', _json(), nullable=True),
+    sa.Column('created_at', _utc(), nullable=False),
+    sa.ForeignKeyConstraint(['prompt_version_id'], ['prompt_versions.id'],
+                            name=op.f('fk_analyses_prompt_version_id_prompt_versions')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_analyses')),
     sa.UniqueConstraint('external_id', name=op.f('uq_analyses_external_id'))
     )
+    _analyses_indexes()
+
+def _analyses_indexes():
     op.create_index(op.f('ix_analyses_created_at'), 'analyses', ['created_at'], unique=False)
-    op.create_index(op.f('ix_analyses_image_sha256_prompt_version_model'), 'analyses', ['image_sha256', 'prompt_version', 'model'], unique=False)
+    op.create_index(op.f('ix_analyses_image_sha256_prompt_version_model'), 'analyses',
+                    ['image_sha256', 'prompt_version', 'model'], unique=False)
     op.create_index(op.f('ix_analyses_prompt_version'), 'analyses', ['prompt_version'], unique=False)
-    op.create_index(op.f('ix_analyses_symbol_timeframe_created_at'), 'analyses', ['symbol', 'timeframe', 'created_at'], unique=False)
+    op.create_index(op.f('ix_analyses_symbol_timeframe_created_at'), 'analyses',
+                    ['symbol', 'timeframe', 'created_at'], unique=False)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #9addb5bc
+def _analysis_outcomes():
     op.create_table('analysis_outcomes',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('analysis_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
+    sa.Column('analysis_id', _bigid(), nullable=False),
     sa.Column('run', sa.String(length=64), nullable=False),
     sa.Column('outcome', sa.String(length=16), nullable=False),
     sa.Column('exit_price', TextDec(), nullable=True),
     sa.Column('return_pct', TextDec(), nullable=True),
     sa.Column('r_multiple', TextDec(), nullable=True),
     sa.Column('bars', sa.Integer(), nullable=True),
-    sa.Column('exit_at', tradelab.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('params', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('evaluated_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('exit_at', _utc(), nullable=True),
+    sa.Column('params', _json(), nullable=True),
+    sa.Column('evaluated_at', _utc(), nullable=False),
     sa.ForeignKeyConstraint(['analysis_id'], ['analyses.id'], name=op.f('fk_analysis_outcomes_analysis_id_analyses')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_analysis_outcomes')),
     sa.UniqueConstraint('analysis_id', 'run', name=op.f('uq_analysis_outcomes_analysis_id_run'))
     )
     op.create_index(op.f('ix_analysis_outcomes_run'), 'analysis_outcomes', ['run'], unique=False)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #0dc5058a
+def _trades():
     op.create_table('trades',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
     sa.Column('external_id', sa.String(length=128), nullable=True),
-    sa.Column('analysis_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('analysis_id', _bigid(), nullable=True),
     sa.Column('venue', sa.String(length=16), nullable=False),
     sa.Column('symbol', sa.String(length=32), nullable=False),
     sa.Column('side', sa.String(length=8), nullable=False),
@@ -189,24 +229,25 @@ def upgrade():
     sa.Column('close_reason', sa.String(length=64), nullable=True),
     sa.Column('prompt_version', sa.String(length=100), nullable=True),
     sa.Column('notes', sa.Text(), nullable=True),
-    sa.Column('opened_at', tradelab.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('closed_at', tradelab.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('opened_at', _utc(), nullable=True),
+    sa.Column('closed_at', _utc(), nullable=True),
+    sa.Column('created_at', _utc(), nullable=False),
+    sa.Column('updated_at', _utc(), nullable=False),
     sa.ForeignKeyConstraint(['analysis_id'], ['analyses.id'], name=op.f('fk_trades_analysis_id_analyses')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_trades')),
     sa.UniqueConstraint('external_id', name=op.f('uq_trades_external_id'))
     )
-    op.create_index(op.f('ix_trades_closed_at'), 'trades', ['closed_at'], unique=False)
-    op.create_index(op.f('ix_trades_prompt_version'), 'trades', ['prompt_version'], unique=False)
-    op.create_index(op.f('ix_trades_status'), 'trades', ['status'], unique=False)
-    op.create_index(op.f('ix_trades_symbol'), 'trades', ['symbol'], unique=False)
+    for cols in (['closed_at'], ['prompt_version'], ['status'], ['symbol']):
+        op.create_index(op.f(f'ix_trades_{cols[0]}'), 'trades', cols, unique=False)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #48e40fdd
+def _orders():
     op.create_table('orders',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
     sa.Column('client_order_id', sa.String(length=36), nullable=False),
     sa.Column('exchange_order_id', sa.String(length=64), nullable=True),
-    sa.Column('trade_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('analysis_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('trade_id', _bigid(), nullable=True),
+    sa.Column('analysis_id', _bigid(), nullable=True),
     sa.Column('venue', sa.String(length=16), nullable=False),
     sa.Column('symbol', sa.String(length=32), nullable=False),
     sa.Column('side', sa.String(length=8), nullable=False),
@@ -221,8 +262,8 @@ def upgrade():
     sa.Column('flags', sa.String(length=64), nullable=True),
     sa.Column('filled_qty', TextDec(), nullable=True),
     sa.Column('avg_price', TextDec(), nullable=True),
-    sa.Column('created_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', _utc(), nullable=False),
+    sa.Column('updated_at', _utc(), nullable=False),
     sa.ForeignKeyConstraint(['analysis_id'], ['analyses.id'], name=op.f('fk_orders_analysis_id_analyses')),
     sa.ForeignKeyConstraint(['trade_id'], ['trades.id'], name=op.f('fk_orders_trade_id_trades')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_orders')),
@@ -230,10 +271,13 @@ def upgrade():
     )
     op.create_index(op.f('ix_orders_status'), 'orders', ['status'], unique=False)
     op.create_index(op.f('ix_orders_venue_symbol'), 'orders', ['venue', 'symbol'], unique=False)
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #aa2496b0
+def _fills():
     op.create_table('fills',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', _bigid(), nullable=False),
     sa.Column('exec_id', sa.String(length=64), nullable=False),
-    sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('order_id', _bigid(), nullable=True),
     sa.Column('client_order_id', sa.String(length=36), nullable=True),
     sa.Column('venue', sa.String(length=16), nullable=False),
     sa.Column('symbol', sa.String(length=32), nullable=False),
@@ -242,41 +286,34 @@ def upgrade():
     sa.Column('price', TextDec(), nullable=False),
     sa.Column('fee', TextDec(), nullable=False),
     sa.Column('is_maker', sa.Boolean(), nullable=False),
-    sa.Column('executed_at', tradelab.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('executed_at', _utc(), nullable=False),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_fills_order_id_orders')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_fills')),
     sa.UniqueConstraint('exec_id', name=op.f('uq_fills_exec_id'))
     )
     op.create_index(op.f('ix_fills_venue_executed_at'), 'fills', ['venue', 'executed_at'], unique=False)
 
+# %% ../../../nbs/migrations/0001_initial.ipynb #09660e52
+_STEPS = (_app_state, _audit_log, _bot_config, _equity_snapshots, _pipeline_runs, _prompt_versions, _rejected_rows,
+          _users, _analyses, _analysis_outcomes, _trades, _orders, _fills)
+
+def upgrade():
+    "Create every table of the initial schema."
+    for step in _STEPS: step()
+
+# %% ../../../nbs/migrations/0001_initial.ipynb #792a05a6
+_DROPS = [('fills', ['ix_fills_venue_executed_at']), ('orders', ['ix_orders_venue_symbol', 'ix_orders_status']),
+          ('trades', ['ix_trades_symbol', 'ix_trades_status', 'ix_trades_prompt_version', 'ix_trades_closed_at']),
+          ('analysis_outcomes', ['ix_analysis_outcomes_run']),
+          ('analyses', ['ix_analyses_symbol_timeframe_created_at', 'ix_analyses_prompt_version',
+                        'ix_analyses_image_sha256_prompt_version_model', 'ix_analyses_created_at']),
+          ('users', []), ('rejected_rows', []), ('prompt_versions', []),
+          ('pipeline_runs', ['ix_pipeline_runs_pipeline_started_at']),
+          ('equity_snapshots', ['ix_equity_snapshots_venue_at']), ('bot_config_history', []), ('bot_config', []),
+          ('audit_log', ['ix_audit_log_at']), ('app_state', [])]
+
 def downgrade():
     "Drop every table of the initial schema."
-    op.drop_index(op.f('ix_fills_venue_executed_at'), table_name='fills')
-    op.drop_table('fills')
-    op.drop_index(op.f('ix_orders_venue_symbol'), table_name='orders')
-    op.drop_index(op.f('ix_orders_status'), table_name='orders')
-    op.drop_table('orders')
-    op.drop_index(op.f('ix_trades_symbol'), table_name='trades')
-    op.drop_index(op.f('ix_trades_status'), table_name='trades')
-    op.drop_index(op.f('ix_trades_prompt_version'), table_name='trades')
-    op.drop_index(op.f('ix_trades_closed_at'), table_name='trades')
-    op.drop_table('trades')
-    op.drop_index(op.f('ix_analysis_outcomes_run'), table_name='analysis_outcomes')
-    op.drop_table('analysis_outcomes')
-    op.drop_index(op.f('ix_analyses_symbol_timeframe_created_at'), table_name='analyses')
-    op.drop_index(op.f('ix_analyses_prompt_version'), table_name='analyses')
-    op.drop_index(op.f('ix_analyses_image_sha256_prompt_version_model'), table_name='analyses')
-    op.drop_index(op.f('ix_analyses_created_at'), table_name='analyses')
-    op.drop_table('analyses')
-    op.drop_table('users')
-    op.drop_table('rejected_rows')
-    op.drop_table('prompt_versions')
-    op.drop_index(op.f('ix_pipeline_runs_pipeline_started_at'), table_name='pipeline_runs')
-    op.drop_table('pipeline_runs')
-    op.drop_index(op.f('ix_equity_snapshots_venue_at'), table_name='equity_snapshots')
-    op.drop_table('equity_snapshots')
-    op.drop_table('bot_config_history')
-    op.drop_table('bot_config')
-    op.drop_index(op.f('ix_audit_log_at'), table_name='audit_log')
-    op.drop_table('audit_log')
-    op.drop_table('app_state')
+    for table, indexes in _DROPS:
+        for ix in indexes: op.drop_index(op.f(ix), table_name=table)
+        op.drop_table(table)
