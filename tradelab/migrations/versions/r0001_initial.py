@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'TextDec', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #8d729dc8
+# %% ../../../nbs/migrations/0001_initial.ipynb #0bf7cffb
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -11,7 +11,7 @@ import tradelab.db
 
 from sqlalchemy.types import TypeDecorator
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #541b4b4a
+# %% ../../../nbs/migrations/0001_initial.ipynb #66c719f2
 class TextDec(TypeDecorator):
     "Money as revisions 0001-0003 stored it: decimal text on SQLite, Numeric(28,10) on PostgreSQL (0004: SQLite)."
     impl = sa.Numeric(28, 10)
@@ -24,12 +24,12 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #7c73b58a
+# %% ../../../nbs/migrations/0001_initial.ipynb #295ef8ee
 def _json(): return sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
 def _bigid(): return sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 def _utc(): return tradelab.db.UTCDateTime(timezone=True)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #84f18384
+# %% ../../../nbs/migrations/0001_initial.ipynb #6a7ebd38
 def _app_state():
     op.create_table('app_state',
     sa.Column('key', sa.String(length=128), nullable=False),
@@ -50,7 +50,7 @@ def _audit_log():
     )
     op.create_index(op.f('ix_audit_log_at'), 'audit_log', ['at'], unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #a075c838
+# %% ../../../nbs/migrations/0001_initial.ipynb #a46380b1
 def _bot_config():
     op.create_table('bot_config',
     sa.Column('key', sa.String(length=128), nullable=False),
@@ -69,7 +69,7 @@ def _bot_config():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_bot_config_history'))
     )
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #b5b5c446
+# %% ../../../nbs/migrations/0001_initial.ipynb #6d942166
 def _equity_snapshots():
     op.create_table('equity_snapshots',
     sa.Column('id', _bigid(), nullable=False),
@@ -80,7 +80,7 @@ def _equity_snapshots():
     )
     op.create_index(op.f('ix_equity_snapshots_venue_at'), 'equity_snapshots', ['venue', 'at'], unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #49e88e70
+# %% ../../../nbs/migrations/0001_initial.ipynb #328f5fb0
 def _pipeline_runs():
     op.create_table('pipeline_runs',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -98,7 +98,7 @@ def _pipeline_runs():
     op.create_index(op.f('ix_pipeline_runs_pipeline_started_at'), 'pipeline_runs', ['pipeline', 'started_at'],
                     unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #45c2ef65
+# %% ../../../nbs/migrations/0001_initial.ipynb #b99f746b
 def _prompt_versions():
     op.create_table('prompt_versions',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -115,7 +115,7 @@ def _prompt_versions():
     sa.UniqueConstraint('name', 'version', name=op.f('uq_prompt_versions_name_version'))
     )
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #54e57d5e
+# %% ../../../nbs/migrations/0001_initial.ipynb #a245d716
 def _rejected_rows():
     op.create_table('rejected_rows',
     sa.Column('id', _bigid(), nullable=False),
@@ -141,7 +141,7 @@ def _users():
     sa.UniqueConstraint('name', name=op.f('uq_users_name'))
     )
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #4b38ad38
+# %% ../../../nbs/migrations/0001_initial.ipynb #07faef73
 def _analyses():
     op.create_table('analyses',
     sa.Column('id', _bigid(), nullable=False),
@@ -188,7 +188,7 @@ def _analyses_indexes():
     op.create_index(op.f('ix_analyses_symbol_timeframe_created_at'), 'analyses',
                     ['symbol', 'timeframe', 'created_at'], unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #9addb5bc
+# %% ../../../nbs/migrations/0001_initial.ipynb #c2644295
 def _analysis_outcomes():
     op.create_table('analysis_outcomes',
     sa.Column('id', _bigid(), nullable=False),
@@ -208,7 +208,7 @@ def _analysis_outcomes():
     )
     op.create_index(op.f('ix_analysis_outcomes_run'), 'analysis_outcomes', ['run'], unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #0dc5058a
+# %% ../../../nbs/migrations/0001_initial.ipynb #ade4163b
 def _trades():
     op.create_table('trades',
     sa.Column('id', _bigid(), nullable=False),
@@ -240,7 +240,7 @@ def _trades():
     for cols in (['closed_at'], ['prompt_version'], ['status'], ['symbol']):
         op.create_index(op.f(f'ix_trades_{cols[0]}'), 'trades', cols, unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #48e40fdd
+# %% ../../../nbs/migrations/0001_initial.ipynb #1c5e5f0f
 def _orders():
     op.create_table('orders',
     sa.Column('id', _bigid(), nullable=False),
@@ -272,7 +272,7 @@ def _orders():
     op.create_index(op.f('ix_orders_status'), 'orders', ['status'], unique=False)
     op.create_index(op.f('ix_orders_venue_symbol'), 'orders', ['venue', 'symbol'], unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #aa2496b0
+# %% ../../../nbs/migrations/0001_initial.ipynb #eff75b49
 def _fills():
     op.create_table('fills',
     sa.Column('id', _bigid(), nullable=False),
@@ -293,7 +293,7 @@ def _fills():
     )
     op.create_index(op.f('ix_fills_venue_executed_at'), 'fills', ['venue', 'executed_at'], unique=False)
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #09660e52
+# %% ../../../nbs/migrations/0001_initial.ipynb #659f63b4
 _STEPS = (_app_state, _audit_log, _bot_config, _equity_snapshots, _pipeline_runs, _prompt_versions, _rejected_rows,
           _users, _analyses, _analysis_outcomes, _trades, _orders, _fills)
 
@@ -301,7 +301,7 @@ def upgrade():
     "Create every table of the initial schema."
     for step in _STEPS: step()
 
-# %% ../../../nbs/migrations/0001_initial.ipynb #792a05a6
+# %% ../../../nbs/migrations/0001_initial.ipynb #4150f2d3
 _DROPS = [('fills', ['ix_fills_venue_executed_at']), ('orders', ['ix_orders_venue_symbol', 'ix_orders_status']),
           ('trades', ['ix_trades_symbol', 'ix_trades_status', 'ix_trades_prompt_version', 'ix_trades_closed_at']),
           ('analysis_outcomes', ['ix_analysis_outcomes_run']),
