@@ -186,6 +186,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'tradelab.cli.build_parser': ('cli.html#build_parser', 'tradelab/cli.py'),
                               'tradelab.cli.main': ('cli.html#main', 'tradelab/cli.py')},
             'tradelab.config_store': { 'tradelab.config_store._split': ('config_store.html#_split', 'tradelab/config_store.py'),
+                                       'tradelab.config_store._store': ('config_store.html#_store', 'tradelab/config_store.py'),
                                        'tradelab.config_store.effective_settings': ( 'config_store.html#effective_settings',
                                                                                      'tradelab/config_store.py'),
                                        'tradelab.config_store.overrides': ('config_store.html#overrides', 'tradelab/config_store.py'),
