@@ -1,4 +1,4 @@
-# tradelab: `make demo` (offline main job), `make test` (what CI runs), `make bench` (benchmarks).
+# tradelab: `make demo` (offline main job), `make test` (what CI runs), `make bench` (benchmarks), `make docs` (site).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV := .venv
@@ -15,6 +15,8 @@ help:
 	@echo "make test   - install everything, check notebooks, run nbdev-test and pytest"
 	@echo "make bench  - print the benchmarks"
 	@echo "make export - nbdev-export + nbdev-clean after editing notebooks"
+	@echo "make lint   - ruff check on the notebooks, the package, tests, bench, apps and tools"
+	@echo "make docs   - build the documentation site from the notebooks into _docs/ (mkdocs)"
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -22,7 +24,7 @@ $(UV):
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --extra dev --extra docs --python $(PYTHON)
 	@mkdir -p .cache/numba .cache/matplotlib data
 	@touch $@
 
@@ -39,7 +41,16 @@ services:
 chromium:
 	bash tools/chromium.sh
 
-test: install services chromium check-notebooks
+lint: install
+	$(BIN)/ruff check --output-format concise .
+
+docs: install
+	@set -e; t0=$$(date +%s); \
+	$(BIN)/python tools/docs.py; \
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --quiet --clean; \
+	echo "docs: _docs/index.html ($$(find _docs -name '*.html' | wc -l) pages) built in $$(( $$(date +%s) - t0 ))s"
+
+test: install services chromium check-notebooks lint docs
 	$(BIN)/nbdev-test --n-workers 1 nbs
 	$(BIN)/pytest -q
 
@@ -49,4 +60,4 @@ bench: install services
 demo: install
 	bash tools/demo.sh
 
-.PHONY: help install export check-notebooks services chromium test bench demo
+.PHONY: help install export check-notebooks services chromium lint docs test bench demo

@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite and PostgreSQL databases, Redis, a clean data directory."""
+"""Shared fixtures: real SQLite and PostgreSQL databases, Redis, a clean data directory; markers derived from them."""
 import os, uuid
 import pytest
 import sqlalchemy as sa
@@ -89,3 +89,56 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TRADELAB_DATA_DIR", str(d))
     monkeypatch.delenv("DATABASE_URL", raising=False)
     return d
+
+
+# Markers are derived here, from what a test uses, so no test file has to remember them (pyproject declares them).
+# `pytest -m "not slow"` is the inner loop; `make test` runs everything.
+PG_FIXTURES = {"pg_url", "_pg_migrated", "pg_engine"}
+# The long tests, node ids without their parameters: over ~3 s each on an idle 2-core machine (measured with
+# `pytest --durations`, setup included), plus the kill -9 and browser tests, which start processes by design.
+SLOW = {f"tests/{t}" for t in """
+test_legacy.py::test_the_full_history_migrates_and_reproduces_the_owners_win_rate
+test_legacy.py::test_an_interrupted_run_rerun_ends_complete_without_duplicates
+test_legacy.py::test_a_second_run_imports_nothing
+test_legacy.py::test_migrate_legacy_command_prints_the_contract_json
+test_exchange.py::test_1000_orders_under_random_faults_end_as_one_order_or_one_recorded_rejection_each
+test_exchange.py::test_a_crash_between_accept_and_response_is_recovered_without_a_second_order
+test_paper.py::test_a_real_second_process_sees_the_account_and_adds_to_it
+test_paper.py::test_two_processes_trading_one_paper_account_at_the_same_time_lose_nothing
+test_backtest.py::test_backtest_command_prints_json
+test_backtest.py::test_backtesting_the_migrated_history_stores_one_outcome_per_analysis_and_run
+test_logs.py::test_a_pipeline_run_from_the_cli_logs_json_lines_with_its_run_id_on_stderr
+test_apps.py::test_the_prompt_comparison_page_shows_the_report_numbers
+test_cli.py::test_db_upgrade_works_on_postgresql
+test_cli.py::test_db_upgrade_creates_the_embedded_sqlite_database
+test_pipelines.py::test_a_redis_lock_is_shared_between_machines_and_released_only_by_its_owner
+test_pipelines.py::test_queued_runs_are_taken_by_a_worker_and_recorded
+test_pipelines.py::test_an_unknown_pipeline_names_the_available_ones
+test_replay.py::test_replayed_answers_are_dated_in_the_past_on_real_prices_and_scored_by_the_backtest
+test_killswitch.py::test_halt_and_resume_commands_flip_the_switch
+test_killswitch.py::test_halt_close_all_closes_every_position_on_the_venue_and_says_so
+test_analysis.py::test_the_refusal_is_exit_code_2_from_the_console_script
+test_crash.py::test_kill_9_at_20_seeded_points_then_reconcile_leaves_the_database_equal_to_the_exchange
+test_crash.py::test_kill_9_around_the_entry_on_postgresql_is_repaired_the_same_way
+test_browser.py::test_the_served_prompt_comparison_page_lists_every_prompt_with_its_win_rate
+test_browser.py::test_a_research_notebook_renders_as_a_voila_page
+""".split()}
+
+
+def _uses_postgresql(item):
+    """A PostgreSQL fixture, or the PostgreSQL side of a parametrisation over both databases (`engine[postgresql]`)."""
+    callspec = getattr(item, "callspec", None)
+    return bool(PG_FIXTURES & set(getattr(item, "fixturenames", ()))) or bool(
+        callspec and "postgresql" in callspec.params.values())
+
+
+def pytest_collection_modifyitems(config, items):
+    known, files = {i.nodeid.split("[")[0] for i in items}, {i.nodeid.split("::")[0] for i in items}
+    stale = sorted(t for t in SLOW - known if t.split("::")[0] in files and "-k" not in config.invocation_params.args)
+    if stale and all("::" not in a for a in config.invocation_params.args):  # a renamed slow test must not go unmarked
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that no longer exist: {stale}")
+    for item in items:
+        if _uses_postgresql(item): item.add_marker(pytest.mark.pg)
+        if "redis_url" in getattr(item, "fixturenames", ()): item.add_marker(pytest.mark.redis)
+        if item.path.name == "test_browser.py": item.add_marker(pytest.mark.browser)
+        if item.nodeid.split("[")[0] in SLOW: item.add_marker(pytest.mark.slow)

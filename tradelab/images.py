@@ -7,12 +7,12 @@ from pathlib import Path
 from PIL import Image
 from .core import TradelabError
 
-KINDS = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
-
 # %% auto #0
 __all__ = ['KINDS', 'sniff', 'clean_image', 'sha256', 'load_image']
 
-# %% ../nbs/40_images.ipynb #94f8562b
+# %% ../nbs/40_images.ipynb #8fce1a1f
+KINDS = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+
 def sniff(data: bytes) -> str | None:
     "png, jpeg or webp from the first bytes; None for anything else."
     for magic, kind in KINDS.items():
@@ -20,31 +20,40 @@ def sniff(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP": return "webp"
     return None
 
+# %% ../nbs/40_images.ipynb #69533662
+def _decode_rgb(data: bytes, name: str, kind: str, max_pixels: int) -> Image.Image:
+    "The fully decoded RGB image; TradelabError for too many pixels or an undecodable file."
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the header, before any pixel is decoded
+            if w * h > max_pixels:
+                raise TradelabError(f"{name}: {w}x{h} = {w * h:,} pixels is over the {max_pixels:,}-pixel limit")
+            im.load()
+            return im.convert("RGB")
+    except TradelabError: raise
+    except Image.DecompressionBombError as e:
+        raise TradelabError(f"{name}: over the {max_pixels:,}-pixel limit ({e})") from None
+    except Exception as e:
+        raise TradelabError(f"{name}: a {kind.upper()} that cannot be decoded (truncated or corrupt: {e})") from None
+
+# %% ../nbs/40_images.ipynb #231fe21d
 def clean_image(data: bytes, name: str = "image", max_bytes: int = 10_000_000, max_pixels: int = 40_000_000) -> bytes:
     "Validated, fully decoded and re-encoded PNG bytes; TradelabError naming the file and the cause otherwise."
     if not data: raise TradelabError(f"{name}: the file is empty")
     if len(data) > max_bytes: raise TradelabError(f"{name}: {len(data):,} bytes is over the {max_bytes:,}-byte limit")
     kind = sniff(data)
     if kind is None: raise TradelabError(f"{name}: not a PNG, JPEG or WebP image (content starts {data[:8]!r})")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size  # from the header, before any pixel is decoded
-            if w * h > max_pixels: raise TradelabError(f"{name}: {w}x{h} = {w * h:,} pixels is over the {max_pixels:,}-pixel limit")
-            im.load()
-            rgb = im.convert("RGB")
-    except TradelabError: raise
-    except Image.DecompressionBombError as e:
-        raise TradelabError(f"{name}: over the {max_pixels:,}-pixel limit ({e})") from None
-    except Exception as e:
-        raise TradelabError(f"{name}: a {kind.upper()} that cannot be decoded (truncated or corrupt: {e})") from None
+    rgb = _decode_rgb(data, name, kind, max_pixels)
     out = io.BytesIO()
     rgb.save(out, "PNG", optimize=False)
     return out.getvalue()
 
+# %% ../nbs/40_images.ipynb #739ddf39
 def sha256(data: bytes) -> str:
     "Hex digest of the bytes."
     return hashlib.sha256(data).hexdigest()
 
+# %% ../nbs/40_images.ipynb #5767aa71
 def load_image(path, max_bytes: int = 10_000_000, max_pixels: int = 40_000_000) -> bytes:
     "Read and clean an image file."
     p = Path(path)
