@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0002_prompt_stats_index.ipynb #e5af963b
+# %% ../../../nbs/migrations/0002_prompt_stats_index.ipynb #9d817d0d
 from alembic import op
 
 revision = "0002"
@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0002_prompt_stats_index.ipynb #6f7811e3
+# %% ../../../nbs/migrations/0002_prompt_stats_index.ipynb #4b025e5b
 def upgrade():
     "Replace ix_analyses_prompt_version with a covering (prompt_version, confidence) index."
     op.drop_index("ix_analyses_prompt_version", table_name="analyses")

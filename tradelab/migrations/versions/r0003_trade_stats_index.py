@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0003_trade_stats_index.ipynb #191a3e90
+# %% ../../../nbs/migrations/0003_trade_stats_index.ipynb #05fed0b4
 from alembic import op
 
 revision = "0003"
@@ -11,7 +11,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0003_trade_stats_index.ipynb #fa681839
+# %% ../../../nbs/migrations/0003_trade_stats_index.ipynb #52429627
 def upgrade():
     "Replace ix_trades_status with a covering (status, prompt_version, pnl) index."
     op.drop_index("ix_trades_status", table_name="trades")
