@@ -1,7 +1,6 @@
-"""kill -9 the trading cycle at seeded points (before and after each commit and each exchange call); after a restart and a
-reconciliation the database equals the exchange every time: nothing duplicated, nothing left pending."""
-import collections, json, os, random, shutil, subprocess, sys, textwrap
-from pathlib import Path
+"""kill -9 the trading cycle at seeded points (before and after each commit and each exchange call); after a restart and
+a reconciliation the database equals the exchange every time: nothing duplicated, nothing left pending."""
+import collections, datetime as dt, json, os, random, shutil, subprocess, sys, textwrap
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -9,14 +8,15 @@ from tradelab.bybit import BybitPort, make_http
 from tradelab.core import ManualClock, SystemClock
 from tradelab.db import Base, Fill, Order, Trade, make_engine
 from tradelab.migrate import upgrade
-from tradelab.orders import reconcile
+from tradelab.orders import IN_DOUBT_GRACE, reconcile
 from tradelab.simulator import Market, start_in_thread
 from tradelab.trades import sync_trades
 
 pytestmark = pytest.mark.slow
 
 KEY, SECRET = "tradelab-sim", "tradelab-sim-secret"
-MARKET_AT = "2024-06-10T00:00:00Z"  # the simulator's frozen market: the technical analyzer says SHORT BTCUSDT, LONG SOLUSDT (60)
+# the simulator's frozen market: the technical analyzer says SHORT BTCUSDT, LONG SOLUSDT (60)
+MARKET_AT = "2024-06-10T00:00:00Z"
 SETTINGS = {"trading": {"symbols": "BTCUSDT,SOLUSDT", "timeframes": "60"}}
 SEED, RUNS = 20260601, 20
 
@@ -42,11 +42,13 @@ DRIVER = textwrap.dedent("""
             if n[0] == kill_at: os.kill(os.getpid(), signal.SIGKILL)
 
         def before_commit(session):
-            names = {type(o).__name__ for o in list(session.new) + list(session.dirty)} | session.info.pop("flushed", set())
+            names = {type(o).__name__ for o in list(session.new) + list(session.dirty)}
+            names |= session.info.pop("flushed", set())
             touched[0] = ",".join(sorted(names))
 
         def after_flush(session, ctx):
-            session.info.setdefault("flushed", set()).update(type(o).__name__ for o in list(session.new) + list(session.dirty))
+            seen = session.info.setdefault("flushed", set())
+            seen.update(type(o).__name__ for o in list(session.new) + list(session.dirty))
 
         event.listen(Session, "before_commit", before_commit)
         event.listen(Session, "after_flush", after_flush)
@@ -86,8 +88,8 @@ DRIVER = textwrap.dedent("""
 class Driver:
     "The fork server in a subprocess: `run` starts one cycle in a fresh child and returns its exit (-9 when killed)."
     def __init__(self, env):
-        self.proc = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(self, **job) -> int:
         self.proc.stdin.write(json.dumps(job) + "\n"); self.proc.stdin.flush()
@@ -115,11 +117,14 @@ def _drive(driver, url, sim, kill_at, tmp) -> list:
 
 
 def _recover(engine, sim) -> None:
-    "The restart: what the next cycle does first (reconcile, then bring trades in line)."
+    """The restart: what the next cycle does first (reconcile, then bring trades in line), on a clock past the grace an
+    intent in doubt gets (a request on its way could be accepted until then: it is settled, not left in doubt)."""
     port = BybitPort(make_http("testnet", KEY, SECRET, sim.url, timeout=10), "sim", venue="sim")
-    reconcile(engine, port, "sim", SystemClock())
-    sync_trades(engine, port, "sim", SystemClock())
-    assert reconcile(engine, port, "sim", SystemClock()) == {"settled": 0, "never_reached": 0, "unknown_on_db": 0, "fills": 0}
+    later = ManualClock(SystemClock().now() + IN_DOUBT_GRACE + dt.timedelta(seconds=1))
+    reconcile(engine, port, "sim", later)
+    sync_trades(engine, port, "sim", later)
+    assert reconcile(engine, port, "sim", later) == {"settled": 0, "never_reached": 0, "in_doubt": 0,
+                                                     "unknown_on_db": 0, "fills": 0}
 
 
 def _assert_database_equals_exchange(engine, sim, where: str) -> None:
@@ -135,11 +140,14 @@ def _assert_database_equals_exchange(engine, sim, where: str) -> None:
     assert all(c == 1 for c in links.values()), f"{where}: an order was sent twice: {links}"
     for o in ours:
         row = orders.get(o["orderLinkId"])
-        assert row is not None and row.exchange_order_id == o["orderId"], f"{where}: {o['orderLinkId']} has no matching row"
-        assert row.status in ("accepted", "filled"), f"{where}: {row.client_order_id} is {row.status} but on the exchange"
+        assert row is not None and row.exchange_order_id == o["orderId"], \
+            f"{where}: {o['orderLinkId']} has no matching row"
+        assert row.status in ("accepted", "filled"), \
+            f"{where}: {row.client_order_id} is {row.status} but on the exchange"
     for link, row in orders.items():
         if row.exchange_order_id is None:
-            assert row.status == "rejected" and link not in links, f"{where}: {link} is {row.status}, not on the exchange"
+            assert row.status == "rejected" and link not in links, \
+                f"{where}: {link} is {row.status}, not on the exchange"
     assert not [t.id for t in rows if t.status == "pending"], f"{where}: a trade was left pending"
     held = collections.Counter()
     for t in rows:
@@ -165,7 +173,8 @@ def _choose(points: list, k: int, seed: int) -> list[int]:
 
 @pytest.fixture
 def driver(tmp_path, request):
-    env = dict(os.environ, TRADELAB_DATA_DIR=str(tmp_path / "data"), TRADELAB_PROMPTS_DIR=str(request.config.rootpath / "prompts"))
+    env = dict(os.environ, TRADELAB_DATA_DIR=str(tmp_path / "data"),
+               TRADELAB_PROMPTS_DIR=str(request.config.rootpath / "prompts"))
     for k in ("BYBIT_API_KEY", "BYBIT_API_SECRET", "OPENAI_API_KEY", "DATABASE_URL"): env.pop(k, None)
     d = Driver(env)
     yield d

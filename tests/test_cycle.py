@@ -20,6 +20,18 @@ def _prompts(monkeypatch, request):
     monkeypatch.setenv("TRADELAB_PROMPTS_DIR", str(request.config.rootpath / "prompts"))
 
 
+def _accepted_long(engine, symbol, last, clock) -> dict:
+    "An accepted LONG analysis of `symbol` at `last` (stop 2% under, target 5% over), as the cycle passes it on."
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        a = Analysis(symbol=symbol, timeframe="60", prompt_version="technical@1", recommendation="LONG",
+                     confidence=D("0.8"), entry_price=last, stop_loss=last * D("0.98"), take_profit=last * D("1.05"),
+                     status="accepted", source="live", created_at=clock.now())
+        s.add(a)
+    return {"id": a.id, "symbol": symbol, "recommendation": "LONG", "entry_price": str(last),
+            "stop_loss": str(a.stop_loss), "take_profit": str(a.take_profit), "confidence": "0.8",
+            "prompt_version": "technical@1"}
+
+
 def _run(engine, port, clock, settings, n):
     out = []
     for _ in range(n):
@@ -46,7 +58,8 @@ def test_cycles_on_the_backtest_venue_open_and_close_trades_and_account_for_ever
     assert any(t.status == "closed" for t in rows), "stops and targets are hit over four days"
     for t in rows:
         if t.status == "closed":
-            assert t.pnl is not None and t.close_reason in (trades.TAKE_PROFIT, trades.STOP_LOSS)  # the engine's own TP/SL
+            # the engine's own TP/SL
+            assert t.pnl is not None and t.close_reason in (trades.TAKE_PROFIT, trades.STOP_LOSS)
     assert len({o.client_order_id for o in orders}) == len(orders)
 
 
@@ -54,16 +67,9 @@ def test_acting_twice_on_one_analysis_places_one_order_and_one_trade(sqlite_engi
     clock = ManualClock("2024-06-03T00:00:00Z")
     port = synthetic_port(clock)
     st = Settings()
-    last = port.ticker("BTCUSDT").last
-    with Session(sqlite_engine, expire_on_commit=False) as s, s.begin():
-        a = Analysis(symbol="BTCUSDT", timeframe="60", prompt_version="technical@1", recommendation="LONG", confidence=D("0.8"),
-                     entry_price=last, stop_loss=last * D("0.98"), take_profit=last * D("1.05"), status="accepted", source="live",
-                     created_at=clock.now())
-        s.add(a)
-    res = {"id": a.id, "symbol": "BTCUSDT", "recommendation": "LONG", "entry_price": str(last), "stop_loss": str(a.stop_loss),
-           "take_profit": str(a.take_profit), "confidence": "0.8", "prompt_version": "technical@1"}
-    first = act_on(sqlite_engine, port, res, st, "backtest", clock, account_state(sqlite_engine, port, "backtest", clock))
-    again = act_on(sqlite_engine, port, res, st, "backtest", clock, account_state(sqlite_engine, port, "backtest", clock))
+    res = _accepted_long(sqlite_engine, "BTCUSDT", port.ticker("BTCUSDT").last, clock)
+    first, again = (act_on(sqlite_engine, port, res, st, "backtest", clock,
+                           account_state(sqlite_engine, port, "backtest", clock)) for _ in range(2))
     assert first["decision"] == again["decision"] == "placed" and first["order"] == again["order"]
     assert len(port.engine.orders) == 1
     with Session(sqlite_engine) as s:
@@ -107,7 +113,8 @@ def test_a_live_venue_without_keys_is_a_clear_error(monkeypatch, sqlite_engine):
         make_port(sqlite_engine, load_env(), st)
 
 
-def test_charts_dropped_in_the_watch_folder_are_analysed_once_and_unusable_files_are_recorded(sqlite_engine, tmp_path, data_dir):
+def test_charts_dropped_in_the_watch_folder_are_analysed_once_and_unusable_files_are_recorded(sqlite_engine, tmp_path,
+                                                                                              data_dir):
     from tradelab.charts import render_chart
     clock = ManualClock("2024-06-03T00:00:00Z")
     port = synthetic_port(clock)
@@ -115,13 +122,16 @@ def test_charts_dropped_in_the_watch_folder_are_analysed_once_and_unusable_files
     (folder / "BTCUSDT_60_0603.png").write_bytes(render_chart(port.klines("BTCUSDT", "60", limit=120), "BTCUSDT", "60"))
     (folder / "ETHUSDT_240_broken.png").write_bytes(b"not an image")
     (folder / "screenshot.png").write_bytes(render_chart(port.klines("ETHUSDT", "60", limit=120), "ETHUSDT", "60"))
-    st = Settings.model_validate({"trading": {"symbols": "SOLUSDT", "timeframes": "60"}, "analysis": {"watch_folder": str(folder)}})
+    st = Settings.model_validate({"trading": {"symbols": "SOLUSDT", "timeframes": "60"},
+                                  "analysis": {"watch_folder": str(folder)}})
     first = run_cycle(sqlite_engine, port, st, clock=clock)
     second = run_cycle(sqlite_engine, port, st, clock=clock)
-    assert first["analyses"] == 2 and second["analyses"] == 1  # the chart once, SOLUSDT's rendered chart each cycle (cached)
+    # the chart once, SOLUSDT's rendered chart each cycle (cached)
+    assert first["analyses"] == 2 and second["analyses"] == 1
     with Session(sqlite_engine) as s:
         a = s.scalars(sa.select(Analysis).where(Analysis.symbol == "BTCUSDT")).one()
-        reasons = dict(s.execute(sa.select(RejectedRow.source_id, RejectedRow.reason).where(RejectedRow.source == "watch_folder")).all())
+        q = sa.select(RejectedRow.source_id, RejectedRow.reason).where(RejectedRow.source == "watch_folder")
+        reasons = dict(s.execute(q).all())
     assert a.image_path.endswith("BTCUSDT_60_0603.png") and a.status == "accepted"
     assert len(reasons) == 2 and any("SYMBOL_TIMEFRAME" in r for r in reasons.values())
     assert any("broken" in k for k in reasons)
@@ -131,15 +141,19 @@ def test_a_model_that_hangs_or_answers_prose_is_recorded_and_the_cycle_goes_on(s
     from tradelab.fakellm import start_fake_llm
     fake = start_fake_llm()
     try:
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url); monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-cycle-probe")
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-cycle-probe")
         fake.push("hang", 3).push("text", "Looks bullish to me!")  # BTCUSDT's chart never answered, ETHUSDT's in prose
         clock = ManualClock("2024-06-03T00:00:00Z")
         st = Settings.model_validate({"trading": {"symbols": "BTCUSDT,ETHUSDT", "timeframes": "60"},
-                                      "analysis": {"prompts": "chart_read@1,technical@1", "timeout_seconds": 0.5, "max_retries": 0}})
+                                      "analysis": {"prompts": "chart_read@1,technical@1", "timeout_seconds": 0.5,
+                                                   "max_retries": 0}})
         out = run_cycle(sqlite_engine, synthetic_port(clock), st, env=load_env(), clock=clock)
     finally: fake.stop()
-    assert len(out["errors"]) == 1 and out["errors"][0].startswith("BTCUSDT 60 chart_read@1") and "did not answer" in out["errors"][0]
-    assert out["analyses"] == 3 and out["accepted"] == 2  # both technical reads went on; the prose answer is a rejection
+    assert len(out["errors"]) == 1 and out["errors"][0].startswith("BTCUSDT 60 chart_read@1")
+    assert "did not answer" in out["errors"][0]
+    # both technical reads went on; the prose answer is a rejection
+    assert out["analyses"] == 3 and out["accepted"] == 2
     with Session(sqlite_engine) as s:
         rows = {(a.symbol, a.prompt_version): (a.status, a.reject_reason) for a in s.scalars(sa.select(Analysis))}
     assert rows[("BTCUSDT", "chart_read@1")][0] == "error"
@@ -158,27 +172,20 @@ def sim():
 
 
 def _sim_port(sim):
-    return BybitPort(make_http("testnet", "tradelab-sim", "tradelab-sim-secret", sim.url, timeout=5), "sim", backoff=0.01,
-                     venue="sim")
+    http = make_http("testnet", "tradelab-sim", "tradelab-sim-secret", sim.url, timeout=5)
+    return BybitPort(http, "sim", backoff=0.01, venue="sim")
 
 
 def _open_long(engine, port, sim, symbol="ETHUSDT", price="3000"):
     "A LONG trade opened through the cycle's own path (act_on, reconcile, sync), stop 2% under, target 5% over."
     clock = ManualClock("2024-06-03T00:00:00Z")
     sim.set_price(symbol, price)
-    last = D(price)
-    with Session(engine, expire_on_commit=False) as s, s.begin():
-        a = Analysis(symbol=symbol, timeframe="60", prompt_version="technical@1", recommendation="LONG", confidence=D("0.8"),
-                     entry_price=last, stop_loss=last * D("0.98"), take_profit=last * D("1.05"), status="accepted", source="live",
-                     created_at=clock.now())
-        s.add(a)
-    res = {"id": a.id, "symbol": symbol, "recommendation": "LONG", "entry_price": str(last), "stop_loss": str(a.stop_loss),
-           "take_profit": str(a.take_profit), "confidence": "0.8", "prompt_version": "technical@1"}
+    res = _accepted_long(engine, symbol, D(price), clock)
     act = act_on(engine, port, res, Settings(), "sim", clock, account_state(engine, port, "sim", clock))
     assert act["decision"] == "placed", act
     _sync(engine, port, clock)
     with Session(engine) as s:
-        t = s.scalars(sa.select(Trade).where(Trade.analysis_id == a.id)).one()
+        t = s.scalars(sa.select(Trade).where(Trade.analysis_id == res["id"])).one()
     assert t.status == trades.OPEN and t.qty > 0
     return t, clock
 
@@ -203,7 +210,7 @@ def _price_guess(t: Trade) -> str:
 def test_a_take_profit_hit_is_recorded_as_take_profit_even_when_the_fill_is_under_the_target(sim, engine):
     port = _sim_port(sim)
     t, clock = _open_long(engine, port, sim)
-    sim.set_price("ETHUSDT", t.take_profit)  # the target is touched; the market sell fills at the bid, a little under it
+    sim.set_price("ETHUSDT", t.take_profit)  # the target is touched; the market sell fills at the bid, a bit under it
     assert _sync(engine, port, clock)["closed"] == 1
     t = _closed(engine, t.id)
     assert t.close_reason == trades.TAKE_PROFIT and t.pnl > 0
@@ -277,8 +284,10 @@ def test_a_pending_trade_left_by_old_code_without_an_order_is_cancelled_as_never
     clock = ManualClock("2024-06-03T00:00:00Z")
     port = synthetic_port(clock)
     with Session(sqlite_engine) as s, s.begin():
-        s.add(Trade(venue="backtest", symbol="BTCUSDT", side="LONG", status="pending", qty=D("0.01"), created_at=clock.now()))
-    run_cycle(sqlite_engine, port, Settings.model_validate({"trading": {"symbols": "SOLUSDT", "timeframes": "60"}}), clock=clock)
+        s.add(Trade(venue="backtest", symbol="BTCUSDT", side="LONG", status="pending", qty=D("0.01"),
+                    created_at=clock.now()))
+    run_cycle(sqlite_engine, port, Settings.model_validate({"trading": {"symbols": "SOLUSDT", "timeframes": "60"}}),
+              clock=clock)
     with Session(sqlite_engine) as s:
         t = s.scalars(sa.select(Trade).where(Trade.symbol == "BTCUSDT")).one()
     assert (t.status, t.close_reason) == (trades.CANCELLED, trades.NEVER_SENT)
@@ -290,13 +299,86 @@ def test_a_liquidation_is_recorded_as_liquidation(sim, sqlite_engine):
     port, clock = _sim_port(sim), ManualClock("2024-06-03T00:00:00Z")
     sim.set_price("SOLUSDT", "150")
     port.set_leverage("SOLUSDT", 50)
-    with Session(sqlite_engine, expire_on_commit=False) as s, s.begin():  # the cycle's own way: trade and intent together
+    # the cycle's own way: trade and intent together
+    with Session(sqlite_engine, expire_on_commit=False) as s, s.begin():
         t = Trade(venue="sim", symbol="SOLUSDT", side="LONG", status="pending", qty=D("10"), created_at=clock.now())
         s.add(t); s.flush()
-        s.add(intent(OrderRequest("SOLUSDT", "Buy", D("10"), order_link_id="tl-liq-entry"), "sim", "entry", clock, trade_id=t.id))
+        req = OrderRequest("SOLUSDT", "Buy", D("10"), order_link_id="tl-liq-entry")
+        s.add(intent(req, "sim", "entry", clock, trade_id=t.id))
     assert send_intent(sqlite_engine, port, "tl-liq-entry", clock, doubtful=False).status == "accepted"
     assert _sync(sqlite_engine, port, clock)["opened"] == 1
     sim.set_price("SOLUSDT", "140")  # 50x leverage: the margin is gone, the exchange closes the position
     assert _sync(sqlite_engine, port, clock)["closed"] == 1
     t = _closed(sqlite_engine, t.id)
     assert t.close_reason == trades.LIQUIDATION and t.pnl < 0
+
+
+# --- an intent in flight when the process died: in doubt for the receive window, then settled -----------------------
+
+class _Died(BaseException):
+    "The process dies: nothing in tradelab catches it."
+
+
+class _DiesWhileSending:
+    "The venue, except that the process dies with the order request on its way (it never reaches the exchange yet)."
+    def __init__(self, port): self._port = port
+    def __getattr__(self, name): return getattr(self._port, name)
+    def place_order(self, req): raise _Died(req.order_link_id)
+
+
+def _in_flight(engine, port, clock, link):
+    "A pending trade and its entry intent, sent by the cycle's own path until the process died mid-request."
+    from tradelab.exchange import OrderRequest
+    from tradelab.orders import intent, send_intent
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        t = Trade(venue="sim", symbol="ETHUSDT", side="LONG", status="pending", qty=D("0.1"), created_at=clock.now())
+        s.add(t); s.flush()
+        req = OrderRequest("ETHUSDT", "Buy", D("0.1"), order_link_id=link)
+        s.add(intent(req, "sim", "entry", clock, trade_id=t.id))
+    with pytest.raises(_Died): send_intent(engine, _DiesWhileSending(port), link, clock, doubtful=False)
+    return t
+
+
+def _order(engine, link) -> Order:
+    with Session(engine) as s: return s.scalars(sa.select(Order).where(Order.client_order_id == link)).one()
+
+
+def _trade(engine, trade_id) -> Trade:
+    with Session(engine) as s: return s.get(Trade, trade_id)
+
+
+def test_an_intent_in_flight_is_left_in_doubt_within_the_receive_window_then_marked_never_sent(sim, engine):
+    from tradelab.orders import IN_DOUBT_GRACE
+    port, clock, link = _sim_port(sim), ManualClock("2024-06-03T00:00:00Z"), "tl-late-1-entry"
+    sim.set_price("ETHUSDT", "3000")
+    t = _in_flight(engine, port, clock, link)
+    assert _order(engine, link).status == "sending"
+    clock.advance(2)  # the restart, 2 s later: the request may still be accepted
+    assert reconcile(engine, port, "sim", clock)["in_doubt"] == 1
+    assert trades.sync_trades(engine, port, "sim", clock) == {"opened": 0, "closed": 0, "cancelled": 0}
+    o = _order(engine, link)
+    assert (o.status, o.flags) == ("sending", None) and _trade(engine, t.id).status == trades.PENDING
+    clock.advance(IN_DOUBT_GRACE.total_seconds())  # past the grace, and the exchange still does not know it
+    out = reconcile(engine, port, "sim", clock)
+    assert (out["in_doubt"], out["never_reached"]) == (0, 1)
+    assert trades.sync_trades(engine, port, "sim", clock)["cancelled"] == 1
+    o, t = _order(engine, link), _trade(engine, t.id)
+    assert (o.status, o.flags) == ("rejected", "never_sent")
+    assert (t.status, t.close_reason) == (trades.CANCELLED, trades.NEVER_SENT)
+    assert not sim.call(lambda: link in sim.engine.by_link)  # reconciliation never resends
+
+
+def test_an_intent_the_exchange_accepted_late_is_recorded_filled_and_its_trade_opens(sim, engine):
+    from tradelab.orders import IN_DOUBT_GRACE, request_of
+    port, clock, link = _sim_port(sim), ManualClock("2024-06-03T00:00:00Z"), "tl-late-2-entry"
+    sim.set_price("ETHUSDT", "3000")
+    t = _in_flight(engine, port, clock, link)
+    clock.advance(2)
+    assert reconcile(engine, port, "sim", clock)["in_doubt"] == 1
+    port.place_order(request_of(_order(engine, link)))  # the request that was on its way arrives and is accepted
+    clock.advance(IN_DOUBT_GRACE.total_seconds())
+    assert reconcile(engine, port, "sim", clock)["settled"] == 1
+    assert trades.sync_trades(engine, port, "sim", clock)["opened"] == 1
+    o, t = _order(engine, link), _trade(engine, t.id)
+    assert o.status == "filled" and o.exchange_order_id == sim.call(lambda: sim.engine.by_link[link])
+    assert t.status == trades.OPEN and t.entry_price == o.avg_price > 0 and t.qty == D("0.1")
