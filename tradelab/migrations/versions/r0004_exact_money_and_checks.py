@@ -4,7 +4,7 @@
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'MONEY', 'CHECKS', 'TABLES', 'INDEXES_0003',
            'INDEXES_0004', 'upgrade', 'downgrade']
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #8fdde0d9
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #2ea75201
 from decimal import Decimal
 import sqlalchemy as sa
 from alembic import op
@@ -16,7 +16,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #c1b3e5e1
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #8663e0a2
 MONEY = {"analyses": ("confidence", "entry_price", "stop_loss", "take_profit", "risk_reward", "cost_usd"),
          "analysis_outcomes": ("exit_price", "return_pct", "r_multiple"),
          "trades": ("qty", "entry_price", "exit_price", "stop_loss", "take_profit", "leverage", "pnl", "fees"),
@@ -31,7 +31,7 @@ TABLES = sorted(set(MONEY) | set(CHECKS))
 
 def _in(col, values) -> str: return f"{col} in ({', '.join(repr(v) for v in values)})"
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #46ec2e19
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #c8fc517f
 def _to_scaled(v):
     "Decimal text -> the integer SQLite keeps now (half-even to 10 places; out of range refused)."
     return None if v is None else db.to_scaled(v)
@@ -40,7 +40,7 @@ def _to_text(v):
     "The integer -> the decimal text revisions 0001-0003 kept."
     return None if v is None else core.dstr(Decimal(int(v)).scaleb(-10))
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #d94c09db
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #c26aa8e3
 def _converted(table, cols, fn):
     "(converted values..., rowid) for every row; a value `fn` refuses names its table, column and row."
     def conv(rowid, col, v):
@@ -66,7 +66,7 @@ def _refuse_unknown_values():
             if bad: raise core.TradelabError(f"{table}.{col} holds values outside {list(values)}: {bad}; "
                                              "fix them, then upgrade again")
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #47ee9106
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #48e79412
 INDEXES_0003 = {"ix_analyses_prompt_version_confidence": ("analyses", ["prompt_version", "confidence"]),
                 "ix_trades_status_prompt_version_pnl": ("trades", ["status", "prompt_version", "pnl"])}
 INDEXES_0004 = {"ix_analyses_venue_prompt_version_confidence": ("analyses", ["venue", "prompt_version", "confidence"]),
@@ -76,7 +76,7 @@ def _indexes(add: dict, drop: dict):
     for name, (table, _) in drop.items(): op.drop_index(op.f(name), table_name=table)
     for name, (table, cols) in add.items(): op.create_index(op.f(name), table, cols, unique=False)
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #9fcbc187
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #b35f7877
 def _add_columns():
     "analyses.venue and orders.purpose, backfilled."
     op.add_column("analyses", sa.Column("venue", sa.String(length=16), nullable=True))
@@ -90,7 +90,7 @@ def _backfill():
                     when client_order_id like '%-close%' then 'close'
                     when client_order_id like 'ext-%' then null else 'entry' end""")
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #af26e469
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #592f23db
 def _batch(table, sqlite):
     return op.batch_alter_table(table, recreate="always" if sqlite else "auto")
 
@@ -113,7 +113,7 @@ def _table_down(table, sqlite):
         if table == "orders": b.drop_column("purpose")
     if money: _rewrite(table, money, _to_text)
 
-# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #6b8bc73f
+# %% ../../../nbs/migrations/0004_exact_money_and_checks.ipynb #53573642
 def upgrade():
     "SQLite money as exact integers; analyses.venue, orders.purpose (backfilled); CHECKs on statuses and venue."
     sqlite = op.get_bind().dialect.name == "sqlite"
