@@ -95,7 +95,8 @@ def for_mkdocs(nb: dict, depth: int) -> dict:
                 if "text/markdown" in o.get("data", {}):  # a show_doc: shown as a display, without an Out[n] prompt
                     o["data"]["text/markdown"] = fix_links(_text(o["data"]["text/markdown"]), depth)
                     o["output_type"] = "display_data"; o.pop("execution_count", None)
-            if not c["source"] and not c.get("outputs"): continue
+            if not c["source"] and not c.get("outputs") or c["source"] == "from nbdev.showdoc import show_doc": continue
+            c["execution_count"] = None  # only some cells ran: no numbers that suggest an order
         cells.append(_plain(c))
     nb["cells"] = cells
     nb["metadata"].pop("widgets", None)  # no widgets here; mkdocs-jupyter would load a widget renderer from a CDN
