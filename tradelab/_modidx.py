@@ -170,6 +170,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'tradelab.cli._fmt': ('cli.html#_fmt', 'tradelab/cli.py'),
                               'tradelab.cli._halt': ('cli.html#_halt', 'tradelab/cli.py'),
                               'tradelab.cli._missing': ('cli.html#_missing', 'tradelab/cli.py'),
+                              'tradelab.cli._plugin': ('cli.html#_plugin', 'tradelab/cli.py'),
                               'tradelab.cli._port': ('cli.html#_port', 'tradelab/cli.py'),
                               'tradelab.cli._print': ('cli.html#_print', 'tradelab/cli.py'),
                               'tradelab.cli._report': ('cli.html#_report', 'tradelab/cli.py'),
