@@ -56,7 +56,8 @@ def _outcome(analysis_id, t: Trade, o: Order | None) -> dict:
     "The action row for a trade and its entry order (skipped when the trade has no entry order)."
     if o is None:
         return {"analysis": analysis_id, "decision": "skipped", "reason": f"trade {t.id} is {t.status}, no entry order"}
-    return {"analysis": analysis_id, "decision": "placed" if o.status != "rejected" else "order rejected",
+    decision = {"rejected": "order rejected", "created": "in doubt", "sending": "in doubt"}.get(o.status, "placed")
+    return {"analysis": analysis_id, "decision": decision,
             "qty": str(t.qty), "order": o.client_order_id, "status": o.status, "reason": o.reject_reason, "trade": t.id}
 
 # %% ../nbs/70_cycle.ipynb #b3833219

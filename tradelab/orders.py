@@ -94,12 +94,13 @@ def _tries(engine, port, req, link, clock, doubtful, attempts, backoff) -> tuple
 
 # %% ../nbs/35_orders.ipynb #d690aeea
 def _give_up(engine, port, req, link, clock, attempts, last) -> Order:
-    "The tries are spent: settle if the exchange has it, else record the rejection with the last error."
+    "The tries are spent: settle if the exchange has it, else leave the intent in doubt for `reconcile` to settle."
     try:
         if done := _settle(engine, port, req, link, clock): return done
     except ExchangeError as e: last = f"{last}; final check failed: {e}"
-    _log.warning("order %s not placed after %s attempts: %s", link, attempts, last)
-    return _record(engine, link, status="rejected", reject_reason=f"not placed after {attempts} attempts: {last}")
+    _log.warning("order %s still in doubt after %s attempts (%s): reconcile settles it after the receive window",
+                 link, attempts, last)
+    return _record(engine, link, status="sending", updated_at=clock.now())
 
 # %% ../nbs/35_orders.ipynb #672314f9
 def _intent_of(engine, link) -> Order:
@@ -111,7 +112,7 @@ def _intent_of(engine, link) -> Order:
 
 def send_intent(engine: sa.Engine, port, link: str, clock=None, doubtful: bool = True, attempts: int = 5,
                 backoff: float = 0.05) -> Order:
-    "Send the intent recorded under `link` at most once: ends as one exchange order or one recorded rejection."
+    "Send the intent under `link` at most once: one exchange order, one rejection, or left in doubt for `reconcile`."
     clock, o = clock or SystemClock(), _intent_of(engine, link)
     if o.status not in IN_DOUBT: return o  # decided before: never send again
     req = request_of(o)
