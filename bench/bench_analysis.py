@@ -41,7 +41,6 @@ def main():
     except ImportError:
         print("(mplfinance is not installed here; the issue quotes ~350 ms per chart for it)")
     eng = make_engine(f"sqlite:///{os.environ['TRADELAB_DATA_DIR']}/bench.db"); upgrade(eng)
-    px = float(days.close.iloc[-1])
     good = ("json", {"recommendation": "HOLD", "confidence": 0.5, "reasoning": "bench"})
     fake = start_fake_llm(default=good)
     an = OpenAIAnalyzer("sk-bench", fake.base_url, "gpt-4o", timeout=5, max_retries=0)
@@ -52,7 +51,8 @@ def main():
         analyze(eng, an, pr, "BTCUSDT", "60", st, image_png=render_chart(c, "BTCUSDT", "60", spec), candles=c)
     full()
     med, p95 = timed(full, 60)
-    print(f"pipeline without the model (render -> request -> parse -> validate -> store, zero-latency fake): median {med:.0f} ms, p95 {p95:.0f} ms")
+    print("pipeline without the model (render -> request -> parse -> validate -> store, zero-latency fake): "
+          f"median {med:.0f} ms, p95 {p95:.0f} ms")
     img, c = render_chart(frames[0], "BTCUSDT", "60", spec), frames[0]
     analyze(eng, an, pr, "BTCUSDT", "60", st, image_png=img, candles=c)
     med, p95 = timed(lambda: analyze(eng, an, pr, "BTCUSDT", "60", st, image_png=img, candles=c), 200)

@@ -21,14 +21,16 @@ def analyses(n, candles, seed=1):
         c = candles[syms[i]]; k = int(rng.integers(0, len(c) - 1)); px = float(c["close"].iat[k])
         d = 1 if sides[i] == "LONG" else -1; risk = px * rng.uniform(0.003, 0.02)
         rows.append((i, syms[i], sides[i], c.index[k + 1], px, px - d * risk, px + d * risk * rng.uniform(1.2, 3)))
-    return pd.DataFrame(rows, columns=["id", "symbol", "recommendation", "created_at", "entry_price", "stop_loss", "take_profit"])
+    return pd.DataFrame(rows, columns=["id", "symbol", "recommendation", "created_at", "entry_price", "stop_loss",
+                                       "take_profit"])
 
 
 def main():
     print(f"== {CMD}")
     t = time.perf_counter()
     candles = {s: synthetic_candles(s, "1", "2024-01-01", "2025-01-01") for s in SYMS}
-    print(f"candles: {sum(map(len, candles.values())):,} 1-minute candles for {len(SYMS)} symbols built in {time.perf_counter() - t:.1f} s")
+    print(f"candles: {sum(map(len, candles.values())):,} 1-minute candles for {len(SYMS)} symbols "
+          f"built in {time.perf_counter() - t:.1f} s")
     a = analyses(15_000, candles)
     horizon = 1440
     t = time.perf_counter(); evaluate(a, candles, horizon); cold = time.perf_counter() - t
@@ -36,7 +38,8 @@ def main():
     for _ in range(3):
         t = time.perf_counter(); res = evaluate(a, candles, horizon); ts.append(time.perf_counter() - t)
     warm = sorted(ts)[1]
-    print(f"numba: 15,000 analyses, horizon {horizon} bars: warm {warm:.2f} s ({15000 / warm:,.0f} analyses/s), first call {cold:.2f} s")
+    print(f"numba: 15,000 analyses, horizon {horizon} bars: warm {warm:.2f} s ({15000 / warm:,.0f} analyses/s), "
+          f"first call {cold:.2f} s")
     sub = a.sample(150, random_state=1)
     t = time.perf_counter(); slow = evaluate_loop(sub, candles, horizon); loop = time.perf_counter() - t
     per = loop / len(sub)

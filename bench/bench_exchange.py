@@ -55,7 +55,8 @@ def round_trip(url, n=100):
         if link in events: rts.append((events[link] - t0) * 1000)
         time.sleep(max(0, 0.11 - (time.perf_counter() - t0)))  # under Bybit's 10 orders/s per account
     ws.exit()
-    print(f"order round trip (place -> ack -> execution event) through pybit: p50 {pct(rts, .5):.1f} ms, p99 {pct(rts, .99):.1f} ms "
+    print("order round trip (place -> ack -> execution event) through pybit: "
+          f"p50 {pct(rts, .5):.1f} ms, p99 {pct(rts, .99):.1f} ms "
           f"over {len(rts)} orders at 9/s (the account limit is 10/s); ack alone p50 {pct(acks, .5):.1f} ms")
 
 
@@ -71,7 +72,8 @@ async def rest_throughput(url, seconds=3.0, conc=32):
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(conc)])
         el = time.perf_counter() - t0
-    print(f"simulator REST throughput: {done / el:,.0f} requests/s (GET /v5/market/tickers, {conc} concurrent aiohttp clients, {seconds:.0f} s)")
+    print(f"simulator REST throughput: {done / el:,.0f} requests/s "
+          f"(GET /v5/market/tickers, {conc} concurrent aiohttp clients, {seconds:.0f} s)")
 
 
 async def fanout(url, clients=50, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT"), seconds=5.0):
@@ -80,7 +82,8 @@ async def fanout(url, clients=50, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRP
     async with aiohttp.ClientSession() as s:
         async def client(i):
             async with s.ws_connect(ws_url) as ws:
-                await ws.send_str(json.dumps({"op": "subscribe", "req_id": str(i), "args": [f"tickers.{x}" for x in symbols]}))
+                sub = {"op": "subscribe", "req_id": str(i), "args": [f"tickers.{x}" for x in symbols]}
+                await ws.send_str(json.dumps(sub))
                 stop = time.time() + seconds
                 while time.time() < stop:
                     try: msg = await asyncio.wait_for(ws.receive(), timeout=stop - time.time())

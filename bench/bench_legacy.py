@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tradelab.analytics import duck_prompt_stats, prompt_stats, performance
+from tradelab.analytics import prompt_stats, performance
 from tradelab.db import make_engine
 from tradelab.legacy import migrate_legacy
 from tradelab.legacy_fixture import make_legacy_db
@@ -33,19 +33,20 @@ def run(label, eng, legacy, planted):
     upgrade(eng)
     t = time.perf_counter(); res = migrate_legacy(eng, legacy); took = time.perf_counter() - t
     perf = performance(eng)
-    print(f"{label}: migrated {res['analyses_imported']:,} analyses + {res['trades_imported']:,} trades in {took:.2f} s "
-          f"({(res['analyses_read'] + res['trades_read']) / took:,.0f} rows/s); win rate {perf['win_rate']:.4f}")
+    print(f"{label}: migrated {res['analyses_imported']:,} analyses + {res['trades_imported']:,} trades "
+          f"in {took:.2f} s ({(res['analyses_read'] + res['trades_read']) / took:,.0f} rows/s); "
+          f"win rate {perf['win_rate']:.4f}")
     t = time.perf_counter(); again = migrate_legacy(eng, legacy); took2 = time.perf_counter() - t
     print(f"{label}: re-run (imports {again['analyses_imported'] + again['trades_imported']}) in {took2:.2f} s")
     return eng
 
 
 def stats(label, eng, reps=5):
-    prompt_stats(eng); duck_prompt_stats(eng)
-    for name, f in (("SQL", prompt_stats), ("DuckDB", duck_prompt_stats)):
+    prompt_stats(eng); prompt_stats(eng, using="duckdb")
+    for name, using in (("SQL", "sql"), ("DuckDB", "duckdb")):
         ts = []
         for _ in range(reps):
-            t = time.perf_counter(); f(eng); ts.append(time.perf_counter() - t)
+            t = time.perf_counter(); prompt_stats(eng, using=using); ts.append(time.perf_counter() - t)
         ts.sort()
         print(f"{label}: prompt statistics ({name}) median {ts[len(ts) // 2] * 1000:.0f} ms")
 
@@ -66,7 +67,8 @@ def main():
     eng2, drop = pg_engine(); upgrade(eng2)
     try:
         fill_million(eng2)
-        with eng2.connect().execution_options(isolation_level="AUTOCOMMIT") as c: c.exec_driver_sql("vacuum analyze")  # what autovacuum does
+        with eng2.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.exec_driver_sql("vacuum analyze")  # what autovacuum does
         stats("postgresql 1M", eng2)
     finally: eng2.dispose(); drop()
     if "--full" in sys.argv:
@@ -89,10 +91,14 @@ def fill_million(eng, n=1_000_000, trades=120_000):
     t0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     with eng.begin() as c:
         for k in range(0, n, 50_000):
-            c.execute(Analysis.__table__.insert(), [dict(symbol="BTCUSDT", timeframe="60", prompt_version=rng.choice(pvs), venue="live",
-                      recommendation="LONG", confidence=Decimal(rng.randint(30, 95)) / 100, created_at=t0) for _ in range(50_000)])
-        c.execute(Trade.__table__.insert(), [dict(symbol="BTCUSDT", side="LONG", status="closed", venue="live", prompt_version=rng.choice(pvs),
-                  pnl=Decimal(rng.randint(-5000, 8000)) / 100, closed_at=t0 + dt.timedelta(minutes=i)) for i in range(trades)])
+            c.execute(Analysis.__table__.insert(),
+                      [dict(symbol="BTCUSDT", timeframe="60", prompt_version=rng.choice(pvs), venue="live",
+                            recommendation="LONG", confidence=Decimal(rng.randint(30, 95)) / 100, created_at=t0)
+                       for _ in range(50_000)])
+        c.execute(Trade.__table__.insert(),
+                  [dict(symbol="BTCUSDT", side="LONG", status="closed", venue="live", prompt_version=rng.choice(pvs),
+                        pnl=Decimal(rng.randint(-5000, 8000)) / 100, closed_at=t0 + dt.timedelta(minutes=i))
+                   for i in range(trades)])
     return trades
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tradelab.analytics import duck_prompt_stats, prompt_stats
+from tradelab.analytics import prompt_stats
+from tradelab.core import UTC
+from tradelab.db import Analysis, make_engine
+from tradelab.migrate import upgrade
 
 
 def median_time(f, *args, reps=5) -> float:
@@ -17,9 +20,7 @@ def median_time(f, *args, reps=5) -> float:
     for _ in range(reps):
         t = time.perf_counter(); f(*args); ts.append(time.perf_counter() - t)
     return sorted(ts)[reps // 2]
-from tradelab.core import UTC
-from tradelab.db import Analysis, make_engine
-from tradelab.migrate import upgrade
+
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 PG_ADMIN = os.environ.get("TRADELAB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -33,7 +34,8 @@ def rows(n, seed=1):
     for i in range(n):
         px = Decimal(str(round(rng.uniform(20_000, 70_000), 2)))
         yield {"symbol": rng.choice(["BTCUSDT", "ETHUSDT", "SOLUSDT"]), "timeframe": rng.choice(["60", "240"]),
-               "source": "live", "venue": "live", "status": "accepted", "recommendation": rng.choice(["LONG", "SHORT", "HOLD"]),
+               "source": "live", "venue": "live", "status": "accepted",
+               "recommendation": rng.choice(["LONG", "SHORT", "HOLD"]),
                "confidence": Decimal(str(round(rng.random(), 4))), "entry_price": px, "stop_loss": px * Decimal("0.98"),
                "take_profit": px * Decimal("1.04"), "prompt_version": rng.choice(pvs), "model": "gpt-4o",
                "image_sha256": f"{i:064x}", "created_at": t0 + dt.timedelta(minutes=i), "reasoning": "bench"}
@@ -62,9 +64,10 @@ def bench(name, eng):
             c.execute(sa.select(table).where(table.c.symbol == "BTCUSDT", table.c.timeframe == "60")
                       .order_by(table.c.created_at.desc()).limit(50)).fetchall()
     recent = q2 / (time.perf_counter() - t)
-    sql_stats, duck_stats = (median_time(f, eng) for f in (prompt_stats, duck_prompt_stats))
+    sql_stats, duck_stats = (median_time(prompt_stats, eng, None, using) for using in ("sql", "duckdb"))
     print(f"{name:>10}: insert {N / ins:,.0f} analyses/s ({ins:.2f} s for {N:,}); point query {point:,.0f}/s; "
-          f"latest-50 query {recent:,.0f}/s; prompt stats SQL {sql_stats * 1000:.0f} ms, DuckDB {duck_stats * 1000:.0f} ms")
+          f"latest-50 query {recent:,.0f}/s; "
+          f"prompt stats SQL {sql_stats * 1000:.0f} ms, DuckDB {duck_stats * 1000:.0f} ms")
 
 
 def main():

@@ -1,13 +1,13 @@
 """The SQL path and the DuckDB path of the statistics give the same numbers on both databases."""
 import datetime as dt
 import random
+from functools import partial
 
 from sqlalchemy.orm import Session
 
 import pytest
 
-from tradelab.analytics import (DEFAULT_VENUES, calibration, compare_prompts, duck_performance, duck_prompt_stats,
-                                performance, prompt_stats)
+from tradelab.analytics import DEFAULT_VENUES, calibration, compare_prompts, performance, prompt_stats
 from tradelab.core import D, TradelabError, UTC
 from tradelab.db import Analysis, Trade
 
@@ -38,7 +38,7 @@ def _seed(engine, n=300, seed=7):
 @pytest.mark.parametrize("venues", [None, ALL, ["sim"]], ids=["real-money", "all", "sim"])
 def test_duckdb_and_sql_paths_agree_on_performance(engine, venues):
     _seed(engine)
-    sql, duck = performance(engine, venues), duck_performance(engine, venues)
+    sql, duck = performance(engine, venues), performance(engine, venues, using="duckdb")
     assert sql == duck
     assert sql["closed_trades"] > 10 and sql["win_rate"] == sql["wins"] / sql["closed_trades"]
 
@@ -46,7 +46,7 @@ def test_duckdb_and_sql_paths_agree_on_performance(engine, venues):
 @pytest.mark.parametrize("venues", [None, ALL], ids=["real-money", "all"])
 def test_duckdb_and_sql_paths_agree_on_prompt_statistics(engine, venues):
     _seed(engine)
-    sql, duck = prompt_stats(engine, venues), duck_prompt_stats(engine, venues)
+    sql, duck = prompt_stats(engine, venues), prompt_stats(engine, venues, using="duckdb")
     assert [r["prompt_version"] for r in sql] == sorted({"plain@1", "confluence@1", "technical@1", "v1-unknown"})
     for a, b in zip(sql, duck):
         assert a.keys() == b.keys()
@@ -98,8 +98,9 @@ def _one_trade_per_venue(engine):
         s.commit()
 
 
-@pytest.mark.parametrize("f", [performance, duck_performance], ids=["sql", "duckdb"])
-def test_performance_counts_only_the_real_money_record_by_default(engine, f):
+@pytest.mark.parametrize("using", ["sql", "duckdb"])
+def test_performance_counts_only_the_real_money_record_by_default(engine, using):
+    f = partial(performance, using=using)
     _one_trade_per_venue(engine)
     r = f(engine)
     assert r["venues"] == ["legacy", "live"] == sorted(DEFAULT_VENUES)
@@ -110,8 +111,9 @@ def test_performance_counts_only_the_real_money_record_by_default(engine, f):
     assert both["venues"] == ["backtest", "paper"] and both["total_pnl"] == 50300.0
 
 
-@pytest.mark.parametrize("f", [prompt_stats, duck_prompt_stats], ids=["sql", "duckdb"])
-def test_prompt_statistics_say_which_venues_they_cover(engine, f):
+@pytest.mark.parametrize("using", ["sql", "duckdb"])
+def test_prompt_statistics_say_which_venues_they_cover(engine, using):
+    f = partial(prompt_stats, using=using)
     _one_trade_per_venue(engine)
     [row] = f(engine)
     assert (row["analyses"], row["closed_trades"], row["total_pnl"], row["venues"]) == (2, 2, 11.0, ["legacy", "live"])

@@ -1,4 +1,5 @@
-"""In a real browser (Debian's Chromium): the served Panel app and a research notebook under Voila show the report's numbers."""
+"""In a real browser (Debian's Chromium): the served Panel app and a research notebook under Voila show the report's
+numbers."""
 import os, socket, subprocess, time
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def test_the_served_prompt_comparison_page_lists_every_prompt_with_its_win_rate(
 
 def test_a_research_notebook_renders_as_a_voila_page(tmp_path):
     proc, port = _serve([str(ROOT / ".venv" / "bin" / "voila"), "--no-browser", "--port={port}", "--Voila.ip=127.0.0.1",
-                         str(ROOT / "nbs" / "research" / "02_prompt_comparison.ipynb")], tmp_path / "voila.log", cwd=tmp_path)
+                         str(ROOT / "nbs" / "research" / "02_prompt_comparison.ipynb")],
+                        tmp_path / "voila.log", cwd=tmp_path)
     try: tables, errors = _open(f"http://127.0.0.1:{port}/", "table", "voila_prompt_comparison.png")
     finally: proc.terminate(); proc.wait(30)
     assert errors == []

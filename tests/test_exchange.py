@@ -1,6 +1,5 @@
 """The exchange layer through the real pybit client over loopback to the built-in V5 simulator."""
-import json, os, random, signal, subprocess, sys, textwrap, time
-from decimal import Decimal
+import os, random, signal, subprocess, sys, textwrap, time
 import pytest
 import sqlalchemy as sa
 from tradelab.bybit import BybitPort, BybitWebSocket, make_http, set_time_offset
@@ -8,7 +7,7 @@ from tradelab.core import D
 from tradelab.db import Order, Fill, make_engine
 from tradelab.exchange import OrderRequest, AuthError, RejectedError
 from tradelab.orders import order_link_id, place_idempotent, reconcile
-from tradelab.simulator import start_in_thread, Faults
+from tradelab.simulator import start_in_thread
 
 KEY, SECRET = "tradelab-sim", "tradelab-sim-secret"
 
@@ -21,7 +20,8 @@ def sim():
 
 
 def port_for(sim, key=KEY, secret=SECRET, **kw):
-    return BybitPort(make_http("testnet", key, secret, sim.url, timeout=kw.pop("timeout", 5)), "sim", backoff=0.01, **kw)
+    http = make_http("testnet", key, secret, sim.url, timeout=kw.pop("timeout", 5))
+    return BybitPort(http, "sim", backoff=0.01, **kw)
 
 
 def test_market_data_and_instruments_come_through_pybit(sim):
@@ -32,7 +32,8 @@ def test_market_data_and_instruments_come_through_pybit(sim):
     c = p.klines("SOLUSDT", "1", "2024-05-30T00:00:00Z", "2024-05-31T06:00:00Z")
     assert len(c) == 30 * 60 and c.index.is_monotonic_increasing  # two pages of 1,000, no duplicates
     recent = p.klines("BTCUSDT", "60", limit=50)
-    assert len(recent) == 50 and recent.index[-1] < sim.sim.market.now().replace(minute=0, second=0, microsecond=0).astimezone()
+    hour = sim.sim.market.now().replace(minute=0, second=0, microsecond=0).astimezone()
+    assert len(recent) == 50 and recent.index[-1] < hour
 
 
 def test_a_wrong_key_is_a_clear_error_naming_the_environment(sim):
@@ -55,7 +56,8 @@ def test_bad_orders_are_refused_before_sending_with_the_rule_named(sim):
     p = port_for(sim)
     for req, why in [(OrderRequest("FOOUSDT", "Buy", D(1), order_link_id="x1"), "unknown symbol FOOUSDT"),
                      (OrderRequest("BTCUSDT", "Buy", D("0.0004"), order_link_id="x2"), "minimum order qty"),
-                     (OrderRequest("XRPUSDT", "Buy", D("1"), "Limit", D("0.5"), order_link_id="x3"), "minNotionalValue")]:
+                     (OrderRequest("XRPUSDT", "Buy", D("1"), "Limit", D("0.5"), order_link_id="x3"),
+                      "minNotionalValue")]:
         with pytest.raises(RejectedError, match=why):
             p.place_order(req)
     assert sim.call(lambda: len(sim.engine.orders)) == 0
@@ -64,14 +66,16 @@ def test_bad_orders_are_refused_before_sending_with_the_rule_named(sim):
 def test_prices_and_quantities_are_rounded_to_the_instrument_steps(sim):
     p = port_for(sim)
     sim.set_price("ETHUSDT", "3000")
-    p.place_order(OrderRequest("ETHUSDT", "Buy", D("0.0789"), take_profit=D("3100.004"), stop_loss=D("2950.006"), order_link_id="r1"))
+    p.place_order(OrderRequest("ETHUSDT", "Buy", D("0.0789"), take_profit=D("3100.004"), stop_loss=D("2950.006"),
+                               order_link_id="r1"))
     pos = p.positions("ETHUSDT")[0]
     assert pos.size == D("0.07") and pos.take_profit == D("3100") and pos.stop_loss == D("2950.01")
 
 
 def test_1000_orders_under_random_faults_end_as_one_order_or_one_recorded_rejection_each(sim, sqlite_engine):
     p = port_for(sim, timeout=2)
-    for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT"): sim.set_price(s, {"BTCUSDT": "60000", "ETHUSDT": "3000", "SOLUSDT": "150"}[s])
+    prices = {"BTCUSDT": "60000", "ETHUSDT": "3000", "SOLUSDT": "150"}
+    for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT"): sim.set_price(s, prices[s])
     sim.sim.faults.drop_after_accept, sim.sim.faults.http5xx, sim.sim.faults.rate_limit_burst = 0.1, 0.05, 0.05
     rng = random.Random(5)
     intents = []
@@ -79,13 +83,15 @@ def test_1000_orders_under_random_faults_end_as_one_order_or_one_recorded_reject
         sym = rng.choice(["BTCUSDT", "ETHUSDT", "SOLUSDT"])
         qty = {"BTCUSDT": D("0.001"), "ETHUSDT": D("0.01"), "SOLUSDT": D("0.1")}[sym]
         bad = rng.random() < 0.02  # a few the exchange must refuse on their merits
-        req = OrderRequest(sym, rng.choice(["Buy", "Sell"]), D("100000") if bad else qty, order_link_id=order_link_id(i))
+        req = OrderRequest(sym, rng.choice(["Buy", "Sell"]), D("100000") if bad else qty,
+                           order_link_id=order_link_id(i))
         intents.append(req)
         place_idempotent(sqlite_engine, p, req, "sim", analysis_id=None, backoff=0.001)
     stats = sim.sim.stats
     assert stats["dropped_after_accept"] > 30 and stats["http5xx"] > 10 and stats["rate_limited"] > 10
     with sqlite_engine.connect() as c:
-        rows = c.execute(sa.select(Order.client_order_id, Order.status, Order.reject_reason, Order.exchange_order_id)).fetchall()
+        rows = c.execute(sa.select(Order.client_order_id, Order.status, Order.reject_reason,
+                                   Order.exchange_order_id)).fetchall()
     assert len(rows) == 1000
     on_exchange = sim.call(lambda: {o["orderLinkId"]: o["orderId"] for o in sim.engine.orders.values()})
     assert len(on_exchange) == len(sim.engine.orders)  # no orderLinkId twice on the exchange
@@ -111,7 +117,8 @@ def test_a_crash_between_accept_and_response_is_recovered_without_a_second_order
         from tradelab.orders import place_idempotent
         from decimal import Decimal
         port = BybitPort(make_http("testnet", "{KEY}", "{SECRET}", "{sim.url}", timeout=30), "sim")
-        place_idempotent(make_engine("{url}"), port, OrderRequest("BTCUSDT", "Buy", Decimal("0.002"), order_link_id="tl-42-entry"), "sim", analysis_id=None)
+        req = OrderRequest("BTCUSDT", "Buy", Decimal("0.002"), order_link_id="tl-42-entry")
+        place_idempotent(make_engine("{url}"), port, req, "sim", analysis_id=None)
         print("finished")
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -137,7 +144,9 @@ def test_fills_that_happened_while_disconnected_are_recovered_by_reconciliation(
     got = []
     ws = BybitWebSocket("private", base_url=sim.url, testnet=False, api_key=KEY, api_secret=SECRET)
     ws.execution_stream(lambda m: got.extend(m["data"]))
-    place_idempotent(engine, p, OrderRequest("ETHUSDT", "Buy", D("0.5"), take_profit=D("3100"), stop_loss=D("2900"), order_link_id="tl-1-entry"), "sim")
+    req = OrderRequest("ETHUSDT", "Buy", D("0.5"), take_profit=D("3100"), stop_loss=D("2900"),
+                       order_link_id="tl-1-entry")
+    place_idempotent(engine, p, req, "sim")
     deadline = time.time() + 5
     while not got and time.time() < deadline: time.sleep(0.02)
     ws.exit()  # the stream drops
@@ -154,8 +163,8 @@ def test_fills_that_happened_while_disconnected_are_recovered_by_reconciliation(
 def test_an_exchange_order_the_database_does_not_know_is_recorded_and_flagged(sim, sqlite_engine):
     p = port_for(sim)
     sim.set_price("BTCUSDT", "60000")
-    sim.call(lambda: sim.engine.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": "0.001", "price": "50000",
-                                       "orderLinkId": "manual-1"}))
+    sim.call(lambda: sim.engine.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": "0.001",
+                                       "price": "50000", "orderLinkId": "manual-1"}))
     out = reconcile(sqlite_engine, p, "sim")
     assert out["unknown_on_db"] == 1 and reconcile(sqlite_engine, p, "sim")["unknown_on_db"] == 0
     with sqlite_engine.connect() as c:
@@ -165,11 +174,13 @@ def test_an_exchange_order_the_database_does_not_know_is_recorded_and_flagged(si
 def test_a_take_profit_close_is_marked_take_profit_through_pybit_from_the_simulator(sim):
     p = port_for(sim)
     sim.set_price("ETHUSDT", "3000")
-    p.place_order(OrderRequest("ETHUSDT", "Buy", D("0.5"), take_profit=D("3100"), stop_loss=D("2900"), order_link_id="tp-1"))
+    p.place_order(OrderRequest("ETHUSDT", "Buy", D("0.5"), take_profit=D("3100"), stop_loss=D("2900"),
+                               order_link_id="tp-1"))
     sim.set_price("ETHUSDT", "3101")
     entry, exit_ = p.executions(symbol="ETHUSDT")
     assert (entry.order_link_id, entry.create_type, entry.stop_order_type) == ("tp-1", "CreateByUser", "")
-    assert (exit_.stop_order_type, exit_.create_type, exit_.exec_type, exit_.side) == ("TakeProfit", "CreateByTakeProfit", "Trade", "Sell")
+    assert (exit_.stop_order_type, exit_.create_type, exit_.exec_type, exit_.side) == (
+        "TakeProfit", "CreateByTakeProfit", "Trade", "Sell")
     assert p.order_by_link_id("ETHUSDT", "tp-1").create_type == "CreateByUser"
     raw = p.http.get_order_history(category="linear", orderId=exit_.order_id)["result"]["list"][0]
     assert (raw["stopOrderType"], raw["createType"], raw["reduceOnly"]) == ("TakeProfit", "CreateByTakeProfit", True)
@@ -190,7 +201,8 @@ def test_a_stop_loss_close_is_marked_stop_loss_in_the_private_execution_push(sim
         deadline = time.time() + 30
         while len(got) < 2 and time.time() < deadline: time.sleep(0.02)
     finally: ws.exit()
-    assert [(x["stopOrderType"], x["createType"]) for x in got] == [("", "CreateByUser"), ("StopLoss", "CreateByStopLoss")]
+    assert [(x["stopOrderType"], x["createType"]) for x in got] == [("", "CreateByUser"),
+                                                                     ("StopLoss", "CreateByStopLoss")]
 
 
 def test_a_liquidation_reaches_pybit_as_a_bust_trade_created_by_liquidation(sim):
@@ -202,7 +214,8 @@ def test_a_liquidation_reaches_pybit_as_a_bust_trade_created_by_liquidation(sim)
     assert pos.leverage == D(50)
     sim.set_price("SOLUSDT", "140")
     (bust,) = [x for x in p.executions(symbol="SOLUSDT") if x.order_link_id != "liq-1"]
-    assert (bust.exec_type, bust.create_type, bust.price) == ("BustTrade", "CreateByLiq", (pos.avg_price * D("0.98")).quantize(D("0.01")))
+    bankruptcy = (pos.avg_price * D("0.98")).quantize(D("0.01"))
+    assert (bust.exec_type, bust.create_type, bust.price) == ("BustTrade", "CreateByLiq", bankruptcy)
     assert p.positions("SOLUSDT") == []
 
 

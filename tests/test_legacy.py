@@ -2,11 +2,11 @@
 import json, sqlite3
 import pytest
 import sqlalchemy as sa
-from tradelab.analytics import performance, prompt_stats
+from tradelab.analytics import performance
 from tradelab.cli import main
-from tradelab.core import TradelabError, D
+from tradelab.core import TradelabError
 from tradelab.db import Analysis
-from tradelab.legacy import migrate_legacy, open_legacy
+from tradelab.legacy import migrate_legacy
 from tradelab.legacy_fixture import make_legacy_db
 
 
@@ -154,6 +154,7 @@ def test_migrate_legacy_command_prints_the_contract_json(data_dir, legacy_small,
     capsys.readouterr()
     assert main(["migrate-legacy", str(legacy_small[0]), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out)[:6] == ["analyses_read", "analyses_imported", "analyses_rejected", "trades_read", "trades_imported", "trades_rejected"]
+    assert list(out)[:6] == ["analyses_read", "analyses_imported", "analyses_rejected",
+                             "trades_read", "trades_imported", "trades_rejected"]
     assert main(["migrate-legacy", str(legacy_small[0]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["analyses_imported"] == 0

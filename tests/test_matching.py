@@ -54,7 +54,8 @@ def test_resting_limit_fills_only_when_price_crosses_and_pays_maker_fee(eng):
 
 
 def test_take_profit_and_stop_loss_trigger_on_last_price(eng):
-    eng.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.01", "takeProfit": "51000", "stopLoss": "49000"})
+    eng.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.01", "takeProfit": "51000",
+               "stopLoss": "49000"})
     eng.on_price("BTCUSDT", "50900"); assert eng.positions()
     eng.on_price("BTCUSDT", "51000"); assert eng.positions() == []
     assert eng.orders[eng.execs[-1]["orderId"]]["stopOrderType"] == "TakeProfit"
@@ -71,7 +72,8 @@ def test_trading_stop_zero_cancels_a_level(eng):
 
 
 def test_reduce_only_never_opens_or_flips(eng):
-    assert code(eng.place, {"symbol": "BTCUSDT", "side": "Sell", "orderType": "Market", "qty": "0.01", "reduceOnly": True}) == 110017
+    sell = {"symbol": "BTCUSDT", "side": "Sell", "orderType": "Market", "qty": "0.01", "reduceOnly": True}
+    assert code(eng.place, sell) == 110017
     eng.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.01"})
     eng.place({"symbol": "BTCUSDT", "side": "Sell", "orderType": "Market", "qty": "0.05", "reduceOnly": True})
     assert eng.positions() == []
@@ -85,7 +87,8 @@ def test_opposite_order_larger_than_position_flips_it(eng):
 
 
 def test_leverage_sets_margin_and_insufficient_balance_is_110007(eng):
-    assert code(eng.place, {"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "3"}) == 110007  # 150k / 10x > 10k
+    big = {"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "3"}
+    assert code(eng.place, big) == 110007  # 150k / 10x > 10k
     eng.set_leverage("BTCUSDT", "50")
     eng.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "3"})
     assert D(eng.wallet()["list"][0]["coin"][0]["totalPositionIM"]) == D("3000")
@@ -106,7 +109,8 @@ def test_validation_codes_match_bybit(eng):
 
 
 def test_cancel_removes_open_order_and_unknown_is_110001(eng):
-    a = eng.place({"symbol": "BTCUSDT", "side": "Sell", "orderType": "Limit", "qty": "0.01", "price": "60000", "orderLinkId": "c1"})
+    a = eng.place({"symbol": "BTCUSDT", "side": "Sell", "orderType": "Limit", "qty": "0.01", "price": "60000",
+                   "orderLinkId": "c1"})
     eng.cancel({"orderLinkId": "c1"})
     assert eng.orders[a["orderId"]]["orderStatus"] == "Cancelled" and not eng.find(open_only=True)
     assert code(eng.cancel, {"orderId": a["orderId"]}) == 110001
@@ -141,9 +145,11 @@ def test_a_position_whose_margin_is_gone_is_liquidated_as_a_bust_trade(eng):
 def test_the_account_survives_a_round_trip_through_json_exactly(eng):
     import json
     eng.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.013", "takeProfit": "51000.1"})
-    eng.place({"symbol": "ETHUSDT", "side": "Sell", "orderType": "Limit", "qty": "0.5", "price": "3100.01", "orderLinkId": "r"})
+    eng.place({"symbol": "ETHUSDT", "side": "Sell", "orderType": "Limit", "qty": "0.5", "price": "3100.01",
+               "orderLinkId": "r"})
     eng.set_leverage("ETHUSDT", "3")
     back = Engine.from_state(json.loads(json.dumps(eng.state())), clock=eng.clock, spread_bps="0")
     assert back.state() == eng.state() and back.equity() == eng.equity() and back.wallet() == eng.wallet()
     back.on_price("BTCUSDT", "51000.1")
-    assert back.positions() == [] and back.execs[-1]["stopOrderType"] == "TakeProfit" and back.execs[-1]["seq"] == eng.seq + 1
+    assert back.positions() == []
+    assert back.execs[-1]["stopOrderType"] == "TakeProfit" and back.execs[-1]["seq"] == eng.seq + 1

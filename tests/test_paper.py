@@ -1,16 +1,19 @@
 """Paper and backtest venues: the simulator's matching engine in process, prices from elsewhere."""
-import datetime as dt
+import datetime as dt, json, subprocess, sys, textwrap
 import pandas as pd
+import pytest
 from tradelab.bybit import BybitPort, make_http
 from tradelab.core import D, ManualClock, UTC
 from tradelab.exchange import OrderRequest
+from tradelab.matching import Engine
 from tradelab.orders import place_idempotent, reconcile
 from tradelab.paper import paper_port, synthetic_port
 from tradelab.simulator import Market, start_in_thread
 
 
 def test_paper_trading_fills_in_process_at_live_public_prices():
-    # stands in for Bybit mainnet's public endpoints (no keys needed); its market runs on the wall clock as mainnet's does
+    # stands in for Bybit mainnet's public endpoints (no keys needed);
+    # its market runs on the wall clock as mainnet's does
     sim = start_in_thread(market=Market(start=dt.datetime.now(UTC)))
     try:
         public = BybitPort(make_http("mainnet", base_url=sim.url), "mainnet")
@@ -44,12 +47,6 @@ def test_idempotency_and_reconciliation_work_the_same_on_the_in_process_venue(sq
 
 # -- the paper account persists between runs and processes (issue 9, item 2)
 
-import json, subprocess, sys, textwrap
-import pytest
-from tradelab.candles import normalize_interval
-from tradelab.core import dstr, round_step
-from tradelab.matching import Engine
-
 
 @pytest.fixture(scope="module")
 def market():
@@ -73,7 +70,8 @@ def test_a_second_run_finds_the_first_runs_balance_positions_resting_orders_and_
     market.set_price("ETHUSDT", "3000"); market.set_price("BTCUSDT", "60000")
     run1 = paper_port(public(market), db=engine)
     run1.set_leverage("SOLUSDT", 5)
-    run1.place_order(OrderRequest("ETHUSDT", "Buy", D("0.1"), take_profit=D("3100"), stop_loss=D("2900"), order_link_id="r1-e"))
+    run1.place_order(OrderRequest("ETHUSDT", "Buy", D("0.1"), take_profit=D("3100"), stop_loss=D("2900"),
+                                  order_link_id="r1-e"))
     run1.place_order(OrderRequest("BTCUSDT", "Buy", D("0.001"), "Limit", D("50000"), order_link_id="r1-limit"))
     run2 = paper_port(public(market), db=engine)
     assert account(run2) == account(run1)
@@ -95,7 +93,8 @@ def test_a_position_opened_with_a_take_profit_in_one_run_closes_at_it_in_the_nex
     run2.step()
     assert run2.positions() == []
     close = run2.executions()[-1]
-    assert (close.stop_order_type, close.create_type, close.side, close.qty) == ("TakeProfit", "CreateByTakeProfit", "Sell", D("0.2"))
+    assert (close.stop_order_type, close.create_type, close.side, close.qty) == (
+        "TakeProfit", "CreateByTakeProfit", "Sell", D("0.2"))
     run3 = paper_port(public(market), db=engine)
     assert run3.positions() == [] and run3.equity() == run2.equity() > D(10000)
 
@@ -142,7 +141,8 @@ def test_the_stored_account_keeps_only_recent_history():
     for i in range(30):
         e.place({"symbol": "BTCUSDT", "side": "Buy" if i % 2 == 0 else "Sell", "orderType": "Market", "qty": "0.001",
                  "orderLinkId": f"h-{i}"})
-    e.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": "0.001", "price": "10000", "orderLinkId": "rest"})
+    e.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": "0.001", "price": "10000",
+             "orderLinkId": "rest"})
     e.prune(keep=10)
     assert len(e.execs) == 10 and len(e.closed) == 10 and e.execs[-1]["orderLinkId"] == "h-29"
     assert e.find(open_only=True)[0]["orderLinkId"] == "rest" and len(e.orders) == 11 and "h-0" not in e.by_link
@@ -152,13 +152,15 @@ def test_the_simulator_and_the_backtest_venue_serve_the_same_prices_for_a_seed()
     sim = start_in_thread(market=Market(seed=3, start="2024-06-10T00:00:00Z"))
     try:
         raw = BybitPort(make_http("mainnet", base_url=sim.url), "mainnet").http.get_kline(
-            category="linear", symbol="SOLUSDT", interval="60", start=1717200000000, end=1717545599999, limit=1000)["result"]["list"]
+            category="linear", symbol="SOLUSDT", interval="60", start=1717200000000, end=1717545599999,
+            limit=1000)["result"]["list"]
         bt = synthetic_port(ManualClock("2024-06-10T00:00:00Z"), seed=3)
         mine = bt.klines("SOLUSDT", "60", "2024-06-01T00:00:00Z", "2024-06-05T00:00:00Z")
         same = sim.sim._rows(sim.sim.engine.spec("SOLUSDT"), mine)  # the simulator's own rounding to the tick
         assert len(raw) == len(same) == 96
         assert [r[:6] for r in raw] == [r[:6] for r in same]
-        other = synthetic_port(ManualClock("2024-06-10T00:00:00Z"), seed=4).klines("SOLUSDT", "60", "2024-06-01", "2024-06-05")
+        other = synthetic_port(ManualClock("2024-06-10T00:00:00Z"), seed=4).klines("SOLUSDT", "60", "2024-06-01",
+                                                                                    "2024-06-05")
         assert not other["close"].equals(mine["close"])
     finally:
         sim.stop()
@@ -179,10 +181,12 @@ def test_two_processes_trading_one_paper_account_at_the_same_time_lose_nothing(e
         for i in range(15):
             port.place_order(OrderRequest("DOGEUSDT", "Buy", Decimal("100"), order_link_id=f"{{sys.argv[1]}}-{{i}}"))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, name], stderr=subprocess.PIPE, text=True) for name in ("p", "q")]
+    procs = [subprocess.Popen([sys.executable, "-c", script, name], stderr=subprocess.PIPE, text=True)
+             for name in ("p", "q")]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
     port = paper_port(public(market), db=engine)
     links = [x.order_link_id for x in port.executions()]
     assert sorted(links) == sorted(f"{n}-{i}" for n in "pq" for i in range(15))
-    assert port.positions()[0].size == D("3000") and port.engine.balance == D(10000) - sum(x.fee for x in port.executions())
+    assert port.positions()[0].size == D("3000")
+    assert port.engine.balance == D(10000) - sum(x.fee for x in port.executions())

@@ -24,7 +24,8 @@ def http(sim, key=DEFAULT_KEY, secret=DEFAULT_SECRET, **kw):
 
 
 class SimWebSocket(BybitWebSocket):
-    "pybit's WebSocket (as our adapter subclasses it) pointed at the simulator: pybit formats wss://{SUBDOMAIN}.{DOMAIN}..., we swap the host part."
+    """pybit's WebSocket (as our adapter subclasses it) pointed at the simulator: pybit formats
+    wss://{SUBDOMAIN}.{DOMAIN}..., we swap the host part."""
     def __init__(self, base, channel_type, **kw):
         self._base = base; super().__init__(channel_type, **kw)
     def _connect(self, url):
@@ -50,7 +51,8 @@ def wait_for(q, pred, timeout=30):
 
 def test_market_endpoints_have_bybit_shapes(sim):
     s = http(sim)
-    r = s.get_server_time(); assert r["retCode"] == 0 and set(r) == {"retCode", "retMsg", "result", "retExtInfo", "time"}
+    r = s.get_server_time()
+    assert r["retCode"] == 0 and set(r) == {"retCode", "retMsg", "result", "retExtInfo", "time"}
     page = s.get_instruments_info(category="linear", limit=2)["result"]
     assert len(page["list"]) == 2 and page["nextPageCursor"]
     rest = s.get_instruments_info(category="linear", cursor=page["nextPageCursor"])["result"]["list"]
@@ -63,7 +65,8 @@ def test_market_endpoints_have_bybit_shapes(sim):
     assert len(rows) == 1000 and all(len(r) == 7 and all(isinstance(x, str) for x in r) for r in rows)
     starts = [int(r[0]) for r in rows]
     assert starts == sorted(starts, reverse=True) and starts[0] - starts[1] == 900_000  # newest first
-    assert rows[0][4] == sim.call(lambda: str(sim.engine.last["BTCUSDT"]).rstrip("0").rstrip(".")) or rows[0][4]  # unfinished row present
+    last = sim.call(lambda: str(sim.engine.last["BTCUSDT"]).rstrip("0").rstrip("."))
+    assert rows[0][4] == last or rows[0][4]  # unfinished row present
 
 
 def test_signed_requests_are_accepted_and_bad_credentials_refused(sim):
@@ -81,7 +84,8 @@ def test_stale_timestamp_is_10002(sim):
 
 def test_market_order_ack_then_position_and_executions(sim):
     s = http(sim)
-    ack = s.place_order(category="linear", symbol="SOLUSDT", side="Buy", orderType="Market", qty="1.5", orderLinkId="t-mkt-1")["result"]
+    ack = s.place_order(category="linear", symbol="SOLUSDT", side="Buy", orderType="Market", qty="1.5",
+                        orderLinkId="t-mkt-1")["result"]
     assert set(ack) == {"orderId", "orderLinkId"} and ack["orderLinkId"] == "t-mkt-1"
     pos = s.get_positions(category="linear", symbol="SOLUSDT")["result"]["list"][0]
     assert pos["side"] == "Buy" and pos["size"] == "1.5"
@@ -95,12 +99,14 @@ def test_market_order_ack_then_position_and_executions(sim):
 def test_duplicate_order_link_id_is_110072(sim):
     s = http(sim)
     s.place_order(category="linear", symbol="XRPUSDT", side="Buy", orderType="Market", qty="10", orderLinkId="dup-1")
-    assert err(s.place_order, category="linear", symbol="XRPUSDT", side="Buy", orderType="Market", qty="10", orderLinkId="dup-1") == 110072
+    assert err(s.place_order, category="linear", symbol="XRPUSDT", side="Buy", orderType="Market", qty="10",
+               orderLinkId="dup-1") == 110072
 
 
 def test_qty_below_minimum_is_refused_with_bybit_codes(sim):
     s = http(sim)
-    assert err(s.place_order, category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.0001") == 10001
+    assert err(s.place_order, category="linear", symbol="BTCUSDT", side="Buy", orderType="Market",
+               qty="0.0001") == 10001
     assert err(s.place_order, category="linear", symbol="DOGEUSDT", side="Buy", orderType="Market", qty="1") == 110094
 
 
@@ -109,7 +115,8 @@ def test_limit_order_fills_when_price_crosses_and_tp_sl_trigger(sim):
     sim.set_price("ETHUSDT", "3000")
     ack = s.place_order(category="linear", symbol="ETHUSDT", side="Buy", orderType="Limit", qty="0.1", price="2990",
                         takeProfit="3100", stopLoss="2900")["result"]
-    assert [o["orderId"] for o in s.get_open_orders(category="linear", symbol="ETHUSDT")["result"]["list"]] == [ack["orderId"]]
+    open_ = s.get_open_orders(category="linear", symbol="ETHUSDT")["result"]["list"]
+    assert [o["orderId"] for o in open_] == [ack["orderId"]]
     sim.set_price("ETHUSDT", "2989.99")
     assert s.get_open_orders(category="linear", symbol="ETHUSDT")["result"]["list"] == []
     pos = s.get_positions(category="linear", symbol="ETHUSDT")["result"]["list"][0]
@@ -130,10 +137,8 @@ def test_set_leverage_unchanged_is_110043(sim):
 def test_rate_limit_is_10006_with_limit_headers():
     h = start_in_thread(port=0, rate_limits={"order": 10, "read": 3, "position": 10})
     try:
-        s = http(h)
         codes, last = [], None
-        for _ in range(8):
-            r = s.client.prepare_request  # pybit raises on 10006 after retries; read the raw response instead
+        for _ in range(8):  # pybit raises on 10006 after retries: read the raw responses instead
             ts, rw, q = str(int(time.time() * 1000)), "5000", "category=linear"
             hd = {"X-BAPI-API-KEY": DEFAULT_KEY, "X-BAPI-TIMESTAMP": ts, "X-BAPI-RECV-WINDOW": rw,
                   "X-BAPI-SIGN": sign(DEFAULT_SECRET, ts + DEFAULT_KEY + rw + q)}
@@ -158,7 +163,8 @@ def test_dropped_response_after_accept_leaves_the_order_on_the_exchange(sim):
     sim.faults.drop_after_accept = 1.0
     try:
         with pytest.raises(Exception):
-            http(sim, timeout=5).place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.001", orderLinkId="drop-1")
+            http(sim, timeout=5).place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market",
+                                             qty="0.001", orderLinkId="drop-1")
     finally: sim.faults.drop_after_accept = 0.0
     rows = http(sim).get_open_orders(category="linear", orderLinkId="drop-1")["result"]["list"]
     assert len(rows) == 1 and rows[0]["orderStatus"] == "Filled"
@@ -188,7 +194,8 @@ def test_kline_stream_pushes_candles(sim):
         w.kline_stream(interval=1, symbol="BTCUSDT", callback=got.put)
         m = wait_for(got, lambda m: m.get("topic") == "kline.1.BTCUSDT")
         k = m["data"][0]
-        assert {"start", "end", "interval", "open", "close", "high", "low", "volume", "turnover", "confirm", "timestamp"} <= set(k)
+        assert {"start", "end", "interval", "open", "close", "high", "low", "volume", "turnover", "confirm",
+                "timestamp"} <= set(k)
     finally: w.exit()
 
 
@@ -198,10 +205,12 @@ def test_private_order_and_execution_topics_after_auth(sim):
     try:
         w.order_stream(callback=orders.put); w.execution_stream(callback=execs.put)
         time.sleep(0.3)
-        ack = http(sim).place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.002", orderLinkId="ws-1")["result"]
+        ack = http(sim).place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.002",
+                                    orderLinkId="ws-1")["result"]
         e = wait_for(execs, lambda m: any(x["orderId"] == ack["orderId"] for x in m["data"]))
         assert e["topic"] == "execution" and {"id", "creationTime"} <= set(e)
-        o = wait_for(orders, lambda m: any(x["orderLinkId"] == "ws-1" and x["orderStatus"] == "Filled" for x in m["data"]))
+        o = wait_for(orders, lambda m: any(x["orderLinkId"] == "ws-1" and x["orderStatus"] == "Filled"
+                                           for x in m["data"]))
         assert o["topic"] == "order"
     finally: w.exit()
 
@@ -215,7 +224,8 @@ def test_private_auth_and_subscribe_acks_and_ping_pong_on_the_wire(sim):
         expires = int(time.time() * 1000) + 10_000
         c.send(json.dumps({"op": "auth", "args": [DEFAULT_KEY, expires, sign("wrong", f"GET/realtime{expires}")]}))
         assert json.loads(c.recv())["success"] is False
-        c.send(json.dumps({"op": "auth", "args": [DEFAULT_KEY, expires, sign(DEFAULT_SECRET, f"GET/realtime{expires}")]}))
+        signature = sign(DEFAULT_SECRET, f"GET/realtime{expires}")
+        c.send(json.dumps({"op": "auth", "args": [DEFAULT_KEY, expires, signature]}))
         ok = json.loads(c.recv()); assert ok["op"] == "auth" and ok["success"] is True
         c.send(json.dumps({"op": "subscribe", "req_id": "s1", "args": ["order", "execution"]}))
         ack = json.loads(c.recv()); assert ack["success"] is True and ack["req_id"] == "s1" and ack["op"] == "subscribe"
@@ -248,7 +258,8 @@ def test_a_subscription_answer_that_arrives_before_pybit_records_the_request_is_
         sub = json.dumps({"op": "subscribe", "req_id": "late-1", "args": ["tickers.BTCUSDT"]})
         # pybit sends, then records; here the answer is handled while the record is still 50 ms away
         threading.Timer(0.05, lambda: w.subscriptions.__setitem__("late-1", sub)).start()
-        w._process_subscription_message({"success": True, "ret_msg": "", "conn_id": "sim", "req_id": "late-1", "op": "subscribe"})
+        w._process_subscription_message({"success": True, "ret_msg": "", "conn_id": "sim", "req_id": "late-1",
+                                         "op": "subscribe"})
         assert w.is_connected()
         got = queue.Queue(); w.ticker_stream(symbol="ETHUSDT", callback=got.put)
         assert wait_for(got, lambda m: m.get("topic") == "tickers.ETHUSDT")  # the socket still works

@@ -41,7 +41,8 @@ def test_money_is_never_stored_as_a_binary_float(engine):
             assert (kind, raw) == ("integer", 3_000_000_000)  # 0.3 x 10^10, exact
         else:
             kind = c.exec_driver_sql(
-                "select data_type from information_schema.columns where table_name='trades' and column_name='pnl'").scalar()
+                "select data_type from information_schema.columns where table_name='trades' and column_name='pnl'"
+            ).scalar()
             assert kind == "numeric"
             assert c.exec_driver_sql("select pnl = 0.3 from trades").scalar() is True
 
@@ -59,17 +60,20 @@ def test_timestamps_come_back_aware_in_utc(engine):
 def test_the_same_image_may_be_analysed_many_times(engine):
     with Session(engine) as s:
         for pv in ("plain@1", "confluence@1", "plain@1"):
-            s.add(Analysis(symbol="BTCUSDT", timeframe="60", image_path="charts/a.png", image_sha256="ab" * 32, prompt_version=pv))
+            s.add(Analysis(symbol="BTCUSDT", timeframe="60", image_path="charts/a.png", image_sha256="ab" * 32,
+                           prompt_version=pv))
         s.commit()
         assert s.scalar(sa.select(sa.func.count()).select_from(Analysis)) == 3
 
 
 def test_an_order_link_id_cannot_be_stored_twice(engine):
     with Session(engine) as s:
-        s.add(Order(client_order_id="tl-1-entry", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market", qty=D("0.01")))
+        s.add(Order(client_order_id="tl-1-entry", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market",
+                    qty=D("0.01")))
         s.commit()
     with Session(engine) as s, pytest.raises(sa.exc.IntegrityError):
-        s.add(Order(client_order_id="tl-1-entry", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market", qty=D("0.01")))
+        s.add(Order(client_order_id="tl-1-entry", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market",
+                    qty=D("0.01")))
         s.commit()
 
 
@@ -313,8 +317,8 @@ def _store_at_0003(eng):
             _insert(c, "equity_snapshots", venue="sim", equity=v, at=day)
         for link in LINKS:
             _insert(c, "orders", client_order_id=link, trade_id=1, venue="live", symbol="BTCUSDT", side="Buy",
-                    order_type="Market", qty="0.001", price="50000.5", reduce_only=False, status="filled", created_at=day,
-                    updated_at=day)
+                    order_type="Market", qty="0.001", price="50000.5", reduce_only=False, status="filled",
+                    created_at=day, updated_at=day)
     return eng
 
 
