@@ -42,6 +42,9 @@ for _ in $(seq 1 100); do
 done
 export BYBIT_BASE_URL="http://127.0.0.1:$PORT"
 $TL run trading_cycle -p cycles 3 -p pause_seconds 2
-$TL report performance
+
+step "what the risk rules see now on the simulator, and its trades (statistics never mix venues)"
+$TL status
+$TL report performance --venue sim
 
 step "done: open nbs/research/*.ipynb in JupyterLab (.venv/bin/jupyter lab) to look further; run records are under $TRADELAB_DATA_DIR/runs/"
