@@ -18,9 +18,9 @@ from tradelab.technical import TechnicalAnalyzer
 CANDLES = synthetic_candles("BTCUSDT", "60", "2024-03-01", "2024-03-10").iloc[-200:]
 PX = float(CANDLES.close.iloc[-1])
 PROMPTS = load_prompts("prompts")
-GOOD = {"recommendation": "LONG", "confidence": 0.72, "entry_price": PX, "stop_loss": PX * 0.98, "take_profit": PX * 1.05,
-        "reasoning": "higher lows", "key_levels": [PX * 0.98, PX * 1.05], "time_horizon": "day", "risk_reward_ratio": 2.5,
-        "market_conditions": "trending"}
+GOOD = {"recommendation": "LONG", "confidence": 0.72, "entry_price": PX, "stop_loss": PX * 0.98,
+        "take_profit": PX * 1.05, "reasoning": "higher lows", "key_levels": [PX * 0.98, PX * 1.05],
+        "time_horizon": "day", "risk_reward_ratio": 2.5, "market_conditions": "trending"}
 
 
 @pytest.fixture
@@ -116,7 +116,8 @@ def test_the_same_chart_prompt_and_model_is_served_from_the_cache(setup, fake):
 
 def test_the_daily_budget_stops_new_calls(setup, fake):
     engine, st, clock = setup
-    st = Settings.model_validate({**st.model_dump(), "analysis": {**st.analysis.model_dump(), "daily_budget_usd": "0.004"}})
+    analysis = {**st.analysis.model_dump(), "daily_budget_usd": "0.004"}
+    st = Settings.model_validate({**st.model_dump(), "analysis": analysis})
     run((engine, st, clock), fake, ("json", GOOD))  # 0.0045 spent
     assert spent_today(engine, clock) == Decimal("0.0045")
     with pytest.raises(ModelUnavailable, match="budget"):
@@ -132,7 +133,8 @@ def test_the_technical_analyzer_answers_the_same_contract_offline(setup):
         assert r["stop_loss"] and r["take_profit"]
 
 
-@pytest.mark.parametrize("data, why", [(b"", "empty"), (b"GIF89a....", "not a PNG"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "cannot be decoded")])
+@pytest.mark.parametrize("data, why", [(b"", "empty"), (b"GIF89a....", "not a PNG"),
+                                       (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "cannot be decoded")])
 def test_bad_image_files_are_refused_with_the_cause(data, why):
     with pytest.raises(TradelabError, match=why):
         clean_image(data, "x.png")
@@ -161,7 +163,8 @@ def test_the_watched_folder_yields_each_new_image_once_and_reports_bad_files(sql
     (tmp_path / "a.png").write_bytes(render_chart(CANDLES, "BTCUSDT", "60"))
     (tmp_path / "notes.png").write_text("not an image")
     got = list(pending_images(tmp_path, sqlite_engine))
-    assert [(p.name, d is not None, e is None) for p, d, e in got] == [("a.png", True, True), ("notes.png", False, False)]
+    assert [(p.name, d is not None, e is None) for p, d, e in got] == [("a.png", True, True),
+                                                                        ("notes.png", False, False)]
 
 
 def test_an_unknown_prompt_version_names_the_available_ones():
@@ -185,7 +188,8 @@ def test_analyze_command_stores_a_technical_analysis_offline(data_dir, capsys):
     capsys.readouterr()
     assert main(["analyze", "--symbol", "ETHUSDT", "--timeframe", "4h", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["status"] in ("accepted", "rejected") and out["prompt_version"] == "technical@1" and out["timeframe"] == "240"
+    assert out["status"] in ("accepted", "rejected")
+    assert out["prompt_version"] == "technical@1" and out["timeframe"] == "240"
 
 
 def test_analyze_command_with_an_image_against_the_fake_model(data_dir, fake, monkeypatch, capsys, tmp_path):
@@ -194,7 +198,8 @@ def test_analyze_command_with_an_image_against_the_fake_model(data_dir, fake, mo
     fake.push("json", GOOD)
     assert main(["db", "upgrade"]) == 0
     capsys.readouterr()
-    assert main(["analyze", "--image", str(img), "--symbol", "BTCUSDT", "--timeframe", "60", "--prompt", "risk_first@1", "--json"]) == 0
+    assert main(["analyze", "--image", str(img), "--symbol", "BTCUSDT", "--timeframe", "60",
+                 "--prompt", "risk_first@1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "accepted" and out["prompt_version"] == "risk_first@1" and fake.requests
 
@@ -220,8 +225,8 @@ def chart_png(tmp_path):
     return p
 
 
-def test_an_image_on_default_settings_without_a_model_is_refused_before_anything_is_stored(data_dir, monkeypatch, capsys,
-                                                                                          chart_png):
+def test_an_image_on_default_settings_without_a_model_is_refused_before_anything_is_stored(
+        data_dir, monkeypatch, capsys, chart_png):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False); monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert main(["db", "upgrade"]) == 0
     capsys.readouterr()
@@ -231,7 +236,8 @@ def test_an_image_on_default_settings_without_a_model_is_refused_before_anything
     assert len(err.strip().splitlines()) == 1 and analyses_count(data_dir) == 0
 
 
-def test_an_image_sent_to_the_technical_prompt_is_refused_even_with_a_key(data_dir, fake, monkeypatch, capsys, chart_png):
+def test_an_image_sent_to_the_technical_prompt_is_refused_even_with_a_key(data_dir, fake, monkeypatch, capsys,
+                                                                          chart_png):
     monkeypatch.setenv("OPENAI_API_KEY", "not-a-key-test"); monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
     assert main(["db", "upgrade"]) == 0
     capsys.readouterr()
@@ -284,7 +290,8 @@ def test_every_model_call_is_logged_with_id_prompt_model_latency_and_cost_but_ne
     ok = run(setup, fake, ("json", GOOD))
     bad = run(setup, fake, ("text", "bullish!"), image=render_chart(CANDLES.iloc[:-1], "BTCUSDT", "60"))
     with pytest.raises(ModelUnavailable):
-        run(setup, fake, ("status", 500), ("status", 500), retries=1, image=render_chart(CANDLES.iloc[:-2], "BTCUSDT", "60"))
+        run(setup, fake, ("status", 500), ("status", 500), retries=1,
+            image=render_chart(CANDLES.iloc[:-2], "BTCUSDT", "60"))
     recs = [r for r in caplog.records if r.name == "tradelab.analyzer"]
     assert [r.getMessage() for r in recs] == ["model call started", "model call answered", "model call started",
                                               "model call rejected", "model call started", "model call failed"]

@@ -2,8 +2,7 @@
 import json
 import numpy as np, pandas as pd
 import pytest
-import sqlalchemy as sa
-from tradelab.backtest import evaluate, evaluate_loop, run_backtest, summarise
+from tradelab.backtest import evaluate, evaluate_loop, run_backtest
 from tradelab.candle_cache import CandleCache, synthetic_fetch
 from tradelab.candles import synthetic_candles
 from tradelab.cli import main
@@ -35,17 +34,20 @@ def test_the_numba_kernel_and_the_pandas_loop_give_identical_outcomes():
 
 def test_a_candle_touching_both_levels_counts_as_the_stop():
     idx = pd.date_range("2024-01-01", periods=3, freq="1min", tz="UTC")
-    c = {"X": pd.DataFrame({"open": [100, 100, 100], "high": [101, 110, 101], "low": [99, 90, 99], "close": [100, 100, 100],
-                            "volume": 1.0, "turnover": 1.0}, index=idx)}
-    a = pd.DataFrame([dict(id=1, symbol="X", recommendation="LONG", created_at=idx[1], entry_price=100, stop_loss=95, take_profit=105)])
+    c = {"X": pd.DataFrame({"open": [100, 100, 100], "high": [101, 110, 101], "low": [99, 90, 99],
+                            "close": [100, 100, 100], "volume": 1.0, "turnover": 1.0}, index=idx)}
+    a = pd.DataFrame([dict(id=1, symbol="X", recommendation="LONG", created_at=idx[1], entry_price=100, stop_loss=95,
+                           take_profit=105)])
     r = evaluate(a, c, 10).iloc[0]
-    assert r["outcome"] == "stop" and r["exit_price"] == 95 and r["r_multiple"] < -1  # fees and slippage make it worse than -1R
+    # fees and slippage make it worse than -1R
+    assert r["outcome"] == "stop" and r["exit_price"] == 95 and r["r_multiple"] < -1
 
 
 def test_only_candles_starting_at_or_after_the_analysis_are_used():
     idx = pd.date_range("2024-01-01", periods=4, freq="1h", tz="UTC")
     # the target is touched one candle BEFORE the analysis: that must not count
-    c = {"X": pd.DataFrame({"open": 100.0, "high": [120, 101, 101, 101], "low": 99.0, "close": 100.0, "volume": 1.0, "turnover": 1.0}, index=idx)}
+    c = {"X": pd.DataFrame({"open": 100.0, "high": [120, 101, 101, 101], "low": 99.0, "close": 100.0, "volume": 1.0,
+                            "turnover": 1.0}, index=idx)}
     a = pd.DataFrame([dict(id=1, symbol="X", recommendation="LONG", created_at=idx[0] + pd.Timedelta("30min"),
                            entry_price=100, stop_loss=90, take_profit=110)])
     r = evaluate(a, c, 10).iloc[0]
@@ -60,7 +62,8 @@ def test_backtesting_the_migrated_history_stores_one_outcome_per_analysis_and_ru
     assert res["analyses"] > 500 and res["target"] > 0 and res["stop"] > 0
     again = run_backtest(engine, cache, "r1", interval="5", horizon=288)
     with engine.connect() as c:
-        n = c.exec_driver_sql("select count(*), count(distinct analysis_id) from analysis_outcomes where run = 'r1'").fetchone()
+        q = "select count(*), count(distinct analysis_id) from analysis_outcomes where run = 'r1'"
+        n = c.exec_driver_sql(q).fetchone()
     assert n[0] == n[1] == res["analyses"] == again["analyses"]
     assert {r["prompt_version"] for r in res["by_prompt"]} >= {"v1", "v1-unknown"}
 
@@ -81,14 +84,16 @@ def test_candles_come_from_the_exchange_port_paginated_and_are_then_served_from_
     from tradelab.simulator import start_in_thread
     sim = start_in_thread()
     try:
-        port = BybitPort(make_http("testnet", "tradelab-sim", "tradelab-sim-secret", sim.url, timeout=5), "sim", backoff=0.01)
+        http = make_http("testnet", "tradelab-sim", "tradelab-sim-secret", sim.url, timeout=5)
+        port = BybitPort(http, "sim", backoff=0.01)
         cache = CandleCache(tmp_path / "candles", port_fetch(port))
         got = cache.get("BTCUSDT", "15", "2024-04-20", "2024-05-10")  # 1,920 candles: two kline pages, two month files
         direct = port.klines("BTCUSDT", "15", "2024-04-20", "2024-05-10")
     finally: sim.stop()
     assert len(got) == 20 * 96 and (got.index[1:] - got.index[:-1] == pd.Timedelta(minutes=15)).all()
     pd.testing.assert_frame_equal(got, direct, check_freq=False, check_dtype=False)
-    assert sorted(p.name for p in (tmp_path / "candles" / "BTCUSDT" / "15").iterdir()) == ["2024-04.parquet", "2024-05.parquet"]
+    months = sorted(p.name for p in (tmp_path / "candles" / "BTCUSDT" / "15").iterdir())
+    assert months == ["2024-04.parquet", "2024-05.parquet"]
     fetched = cache.fetches
     again = cache.get("BTCUSDT", "15", "2024-04-25", "2024-05-02")  # the simulator is gone: only the cache can answer
     assert cache.fetches == fetched and len(again) == 7 * 96 and again.equals(got.loc["2024-04-25":"2024-05-01 23:45"])

@@ -2,7 +2,6 @@
 import json, os, subprocess, sys
 from pathlib import Path
 
-import pytest
 from tradelab.migrate import head_revision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,8 @@ def test_db_upgrade_works_on_postgresql(pg_url):
 
 
 def test_an_unreachable_database_url_is_one_line_and_non_zero(tmp_path):
-    r = run("db", "upgrade", env={"DATABASE_URL": "postgresql+psycopg://bob:pw@127.0.0.1:1/x", "TRADELAB_DATA_DIR": str(tmp_path)})
+    env = {"DATABASE_URL": "postgresql+psycopg://bob:pw@127.0.0.1:1/x", "TRADELAB_DATA_DIR": str(tmp_path)}
+    r = run("db", "upgrade", env=env)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the database" in lines[0] and ":pw@" not in lines[0]
@@ -45,7 +45,8 @@ def test_a_malformed_settings_file_stops_the_command_and_writes_nothing(tmp_path
     before = (d / "tradelab.db").stat().st_mtime_ns
     r = run("--settings", str(bad), "config", "set", "risk.min_confidence", "0.7", env={"TRADELAB_DATA_DIR": str(d)})
     assert r.returncode == 1
-    assert r.stderr.strip() == f"tradelab: error: {bad} [risk] max_slots = 'many': Input should be a valid integer, unable to parse string as an integer"
+    assert r.stderr.strip() == (f"tradelab: error: {bad} [risk] max_slots = 'many': "
+                                "Input should be a valid integer, unable to parse string as an integer")
     assert (d / "tradelab.db").stat().st_mtime_ns == before
 
 
@@ -71,7 +72,8 @@ def test_report_performance_json_has_the_contract_keys(tmp_path):
         r = run("report", "performance", "--json", *extra, env=env)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert {"analyses", "open_trades", "closed_trades", "wins", "losses", "win_rate", "total_pnl", "max_drawdown"} <= out.keys()
+        assert {"analyses", "open_trades", "closed_trades", "wins", "losses", "win_rate", "total_pnl",
+                "max_drawdown"} <= out.keys()
 
 
 def _store(tmp_path):

@@ -33,7 +33,8 @@ def test_a_run_is_recorded_with_its_parameters_and_output_notebook(sqlite_engine
     run = run_pipeline(sqlite_engine, "double", {"x": 21}, root=pipes)
     assert run.status == "ok" and run.error is None and run.duration_ms > 0
     out = nbf.read(run.output_path, as_version=4)
-    assert any("result 42" in o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    outputs = [o for c in out.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any("result 42" in o.get("text", "") for o in outputs)
     with Session(sqlite_engine) as s:
         stored = s.get(PipelineRun, run.id)
     assert stored.parameters == {"x": 21} and stored.finished_at >= stored.started_at

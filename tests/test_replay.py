@@ -44,8 +44,8 @@ def test_anonymised_charts_hide_symbol_dates_and_price_level():
 
 def test_replayed_answers_are_dated_in_the_past_on_real_prices_and_scored_by_the_backtest(sqlite_engine, tmp_path):
     at = points("2024-06-01", "2024-06-03", "8h")
-    res = replay(sqlite_engine, TechnicalAnalyzer(), get_prompt("technical@1"), honest, ["ETHUSDT", "BTCUSDT"], "60", at, Settings(),
-                 anonymise=True)
+    res = replay(sqlite_engine, TechnicalAnalyzer(), get_prompt("technical@1"), honest, ["ETHUSDT", "BTCUSDT"], "60",
+                 at, Settings(), anonymise=True)
     assert res["calls"] == len(at) * 2 == len(res["ids"])
     with Session(sqlite_engine) as s:
         rows = s.scalars(sa.select(Analysis).where(Analysis.id.in_(res["ids"]))).all()
@@ -53,7 +53,8 @@ def test_replayed_answers_are_dated_in_the_past_on_real_prices_and_scored_by_the
     assert sorted({r.created_at for r in rows}) == at
     for r in rows:
         if r.status == "accepted" and r.recommendation != "HOLD":  # unscaled back to the real market
-            real = synthetic_candles(r.symbol, "60", r.created_at - dt.timedelta(hours=6), r.created_at)["close"].iloc[-1]
+            before = synthetic_candles(r.symbol, "60", r.created_at - dt.timedelta(hours=6), r.created_at)
+            real = before["close"].iloc[-1]
             assert abs(float(r.entry_price) / real - 1) < 0.05
     out = run_backtest(sqlite_engine, CandleCache(tmp_path / "c", synthetic_fetch()), "replay", "15", 96)
     assert out["analyses"] == sum(r.status == "accepted" and r.recommendation != "HOLD" for r in rows)
@@ -71,6 +72,6 @@ def test_a_paid_model_is_not_called_until_the_estimated_cost_is_confirmed(sqlite
     at = points("2024-06-01", "2024-06-02", "6h")
     seen = []
     with pytest.raises(TradelabError, match=r"10 paid calls, about \$0\.0[0-9]"):
-        replay(sqlite_engine, PaidAnalyzer(), get_prompt("chart_read@1"), honest, ["BTCUSDT", "ETHUSDT"], "60", at, Settings(),
-               confirm=lambda n, usd: seen.append((n, usd)) or False)
+        replay(sqlite_engine, PaidAnalyzer(), get_prompt("chart_read@1"), honest, ["BTCUSDT", "ETHUSDT"], "60", at,
+               Settings(), confirm=lambda n, usd: seen.append((n, usd)) or False)
     assert PaidAnalyzer.calls == 0 and seen[0][0] == 10 and seen[0][1] > 0

@@ -1,5 +1,4 @@
 """Slot sizing and the pre-trade validator (BRIEF §5)."""
-from decimal import Decimal
 from tradelab.core import D
 from tradelab.risk import Account, Limits, OpenPosition, Signal, validate, correlation, slot_qty
 from tradelab.settings import RiskSection

@@ -20,8 +20,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'tradelab.analytics._trades_by_prompt': ('analytics.html#_trades_by_prompt', 'tradelab/analytics.py'),
                                     'tradelab.analytics.calibration': ('analytics.html#calibration', 'tradelab/analytics.py'),
                                     'tradelab.analytics.compare_prompts': ('analytics.html#compare_prompts', 'tradelab/analytics.py'),
-                                    'tradelab.analytics.duck_performance': ('analytics.html#duck_performance', 'tradelab/analytics.py'),
-                                    'tradelab.analytics.duck_prompt_stats': ('analytics.html#duck_prompt_stats', 'tradelab/analytics.py'),
                                     'tradelab.analytics.fetch_arrow': ('analytics.html#fetch_arrow', 'tradelab/analytics.py'),
                                     'tradelab.analytics.max_drawdown': ('analytics.html#max_drawdown', 'tradelab/analytics.py'),
                                     'tradelab.analytics.performance': ('analytics.html#performance', 'tradelab/analytics.py'),

@@ -12,8 +12,8 @@ from .core import D, TradelabError
 from .db import Analysis, AnalysisOutcome, Trade, VENUES
 
 # %% auto #0
-__all__ = ['DEFAULT_VENUES', 'ENGINES', 'wilson', 'max_drawdown', 'record', 'fetch_arrow', 'performance', 'duck_performance',
-           'prompt_stats', 'duck_prompt_stats', 'calibration', 'compare_prompts']
+__all__ = ['DEFAULT_VENUES', 'ENGINES', 'wilson', 'max_drawdown', 'record', 'fetch_arrow', 'performance', 'prompt_stats',
+           'calibration', 'compare_prompts']
 
 # %% ../nbs/15_analytics.ipynb #95268a86
 def wilson(wins: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -128,10 +128,6 @@ def performance(engine: sa.Engine, venues: Iterable[str] | None = None, using: s
     closed, wins, losses, total, dd, gross_win, gross_loss = pnl(engine, vs)
     return _summary(n_an, status, closed, wins, losses, total, dd, gross_win, gross_loss, vs)
 
-def duck_performance(engine: sa.Engine, venues: Iterable[str] | None = None) -> dict:
-    "`performance(..., using=\"duckdb\")` (kept for existing callers)."
-    return performance(engine, venues, using="duckdb")
-
 # %% ../nbs/15_analytics.ipynb #75223b14
 def _analyses_by_prompt(conn, vs):
     "(prompt_version, analyses, analyses with confidence, mean confidence), aggregated in the database."
@@ -195,10 +191,6 @@ def prompt_stats(engine: sa.Engine, venues: Iterable[str] | None = None, using: 
     "One row per prompt version of `venues` (default: the real-money record): analyses, trades, win rate, PnL."
     vs, join = record(venues), _engine(_JOIN, using)
     return [_prompt_row(*r, vs) for r in join(*_by_prompt(engine, vs))]
-
-def duck_prompt_stats(engine: sa.Engine, venues: Iterable[str] | None = None) -> list[dict]:
-    "`prompt_stats(..., using=\"duckdb\")` (kept for existing callers)."
-    return prompt_stats(engine, venues, using="duckdb")
 
 # %% ../nbs/15_analytics.ipynb #bdd6bb86
 def _outcomes(conn, run: str | None, vs: list[str] | None):

@@ -118,10 +118,10 @@ def _time_axis(d: ImageDraw.ImageDraw, lay: _Layout, index: pd.DatetimeIndex, fo
     for box in ((lay.L, lay.T, lay.R, lay.PB), (lay.L, lay.VT, lay.R, lay.VB)): d.rectangle(box, outline=GRID)
 
 # %% ../nbs/41_charts.ipynb #d1d41a1b
-def _candles(d: ImageDraw.ImageDraw, lay: _Layout, o, h, l, cl, v):
+def _candles(d: ImageDraw.ImageDraw, lay: _Layout, o, h, lo, cl, v):
     "Wicks, bodies and volume bars, green up and red down."
     up = cl >= o
-    yh, yl, yo, yc = lay.ys(h), lay.ys(l), lay.ys(o), lay.ys(cl)
+    yh, yl, yo, yc = lay.ys(h), lay.ys(lo), lay.ys(o), lay.ys(cl)
     vmax = float(v.max()) * 1.1 or 1.0
     yv = lay.VB - v / vmax * (lay.VB - lay.VT)
     vol_up, vol_down, bw = _blend(UP, 0.6), _blend(DOWN, 0.6), lay.bw
@@ -146,13 +146,13 @@ def _lines(d: ImageDraw.ImageDraw, lay: _Layout, lines: list, levels: tuple):
 def render_chart(candles: pd.DataFrame, symbol: str, timeframe: str, spec: ChartSpec = ChartSpec()) -> bytes:
     "A candlestick PNG of `candles` (volume, overlays, title); the same input gives the same bytes."
     c = validate_candles(candles)
-    o, h, l, cl, v = (c[k].to_numpy(dtype=float) for k in ("open", "high", "low", "close", "volume"))
+    o, h, lo, cl, v = (c[k].to_numpy(dtype=float) for k in ("open", "high", "low", "close", "volume"))
     lines = overlays(c["close"].astype(float), spec)
-    lay = _Layout(spec.width, spec.height, len(c), *_price_range(l, h, lines))
+    lay = _Layout(spec.width, spec.height, len(c), *_price_range(lo, h, lines))
     img = Image.new("RGB", (lay.W, lay.H), BG); d = ImageDraw.Draw(img)
     small = _font(11)
     _price_axis(d, lay, small); _time_axis(d, lay, c.index, small)
-    _candles(d, lay, o, h, l, cl, v); _lines(d, lay, lines, spec.levels)
+    _candles(d, lay, o, h, lo, cl, v); _lines(d, lay, lines, spec.levels)
     for j, m in enumerate(spec.emas):
         d.text((lay.L + 8, lay.T + 8 + 16 * j), f"EMA {m}", fill=OVERLAY_COLORS[j % 4], font=small)
     title = f"{symbol} · {timeframe} · {c.index[-1]:%Y-%m-%d %H:%M} UTC · last {cl[-1]:.6g}"
@@ -165,8 +165,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def pending_images(folder, engine, max_bytes: int = 10_000_000, max_pixels: int = 40_000_000):
     "Yield (path, clean PNG bytes or None, error or None) for folder images not yet analysed (by sha256)."
-    from pathlib import Path
-    import sqlalchemy as sa
     from tradelab.images import load_image, sha256
     from tradelab.core import TradelabError
     with engine.connect() as c:

@@ -2,7 +2,7 @@
 
 # %% ../nbs/90_cli.ipynb #dde63a15
 from __future__ import annotations
-import argparse, importlib, json, os, sys
+import argparse, importlib, os, sys
 from decimal import Decimal
 from functools import cached_property
 from .core import TradelabError, SystemClock, dumps

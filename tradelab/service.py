@@ -3,7 +3,6 @@
 # %% ../nbs/85_service.ipynb #dc4a2eb8
 from __future__ import annotations
 import json
-from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from . import analytics, config_store, killswitch, prompts, trades as lifecycle
@@ -88,13 +87,11 @@ DEFAULT_VENUES = analytics.DEFAULT_VENUES  # the real-money record: what "the tr
 
 def performance(engine: sa.Engine, venues=None, duckdb: bool = False) -> dict:
     "Overall performance over `venues` (default the real-money record), from trades and analyses."
-    f = analytics.duck_performance if duckdb else analytics.performance
-    return f(engine, venues=_as_tuple(venues))
+    return analytics.performance(engine, _as_tuple(venues), using="duckdb" if duckdb else "sql")
 
 def prompt_stats(engine: sa.Engine, venues=None, duckdb: bool = False) -> list[dict]:
     "One row per prompt version over `venues`: analyses, closed trades, wins, win rate with CI, PnL, mean confidence."
-    f = analytics.duck_prompt_stats if duckdb else analytics.prompt_stats
-    return f(engine, venues=_as_tuple(venues))
+    return analytics.prompt_stats(engine, _as_tuple(venues), using="duckdb" if duckdb else "sql")
 
 # %% ../nbs/85_service.ipynb #6d4940b9
 def calibration(engine: sa.Engine, run: str | None = None, prompt_version: str | None = None, buckets: int = 5,

@@ -2,7 +2,7 @@
 
 # %% ../nbs/05_settings.ipynb #93adf3e5
 from __future__ import annotations
-import configparser, os
+import configparser
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
