@@ -16,6 +16,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'tradelab.analytics._pnl_sql': ('analytics.html#_pnl_sql', 'tradelab/analytics.py'),
                                     'tradelab.analytics._population': ('analytics.html#_population', 'tradelab/analytics.py'),
                                     'tradelab.analytics._prompt_row': ('analytics.html#_prompt_row', 'tradelab/analytics.py'),
+                                    'tradelab.analytics._sum_by_prompt': ('analytics.html#_sum_by_prompt', 'tradelab/analytics.py'),
                                     'tradelab.analytics._summary': ('analytics.html#_summary', 'tradelab/analytics.py'),
                                     'tradelab.analytics._trades_by_prompt': ('analytics.html#_trades_by_prompt', 'tradelab/analytics.py'),
                                     'tradelab.analytics.calibration': ('analytics.html#calibration', 'tradelab/analytics.py'),

@@ -129,17 +129,28 @@ def performance(engine: sa.Engine, venues: Iterable[str] | None = None, using: s
     return _summary(n_an, status, closed, wins, losses, total, dd, gross_win, gross_loss, vs)
 
 # %% ../nbs/15_analytics.ipynb #75223b14
+def _sum_by_prompt(rows) -> list[tuple]:
+    "Rows `(prompt_version, *numbers)` of several venues, summed per prompt version."
+    out = {}
+    for pv, *vals in rows:
+        tot = out.setdefault(pv, [0] * len(vals))
+        for i, v in enumerate(vals): tot[i] += v or 0
+    return [(pv, *tot) for pv, tot in out.items()]
+
+# %% ../nbs/15_analytics.ipynb #238ee2fe
 def _analyses_by_prompt(conn, vs):
     "(prompt_version, analyses, analyses with confidence, mean confidence), aggregated in the database."
-    return conn.execute(sa.select(Analysis.prompt_version, sa.func.count(), sa.func.count(Analysis.confidence),
-                                  sa.func.avg(Analysis.confidence)).where(Analysis.venue.in_(vs))
-                        .group_by(Analysis.prompt_version)).all()
+    q = (sa.select(Analysis.prompt_version, sa.func.count(), sa.func.count(Analysis.confidence),
+                   sa.func.sum(Analysis.confidence)).where(Analysis.venue.in_(vs))
+         .group_by(Analysis.venue, Analysis.prompt_version))
+    return [(pv, n, nc, sc / nc if nc else None) for pv, n, nc, sc in _sum_by_prompt(conn.execute(q))]
 
 def _trades_by_prompt(conn, vs):
     "(prompt_version, closed, wins, exact total pnl) over closed trades, aggregated in the database."
     wins = sa.func.sum(sa.case((Trade.pnl > 0, 1), else_=0))
-    return conn.execute(sa.select(Trade.prompt_version, sa.func.count(), wins, sa.func.sum(Trade.pnl))
-                        .where(Trade.status == "closed", Trade.venue.in_(vs)).group_by(Trade.prompt_version)).all()
+    return _sum_by_prompt(conn.execute(
+        sa.select(Trade.prompt_version, sa.func.count(), wins, sa.func.sum(Trade.pnl))
+        .where(Trade.status == "closed", Trade.venue.in_(vs)).group_by(Trade.venue, Trade.prompt_version)))
 
 # %% ../nbs/15_analytics.ipynb #36c694fe
 def _by_prompt(engine, vs) -> tuple[list, list]:
