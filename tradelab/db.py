@@ -360,6 +360,7 @@ class PipelineRun(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     output_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    run_key: Mapped[str | None] = mapped_column(String(160), unique=True)  # a scheduled slot, claimed once
     __table_args__ = (Index(None, "pipeline", "started_at"), one_of("status", RUN_STATUSES))
 
 class RejectedRow(Base):
