@@ -48,10 +48,20 @@ class TradingSection(_Section):
 
 # %% ../nbs/05_settings.ipynb #a39a71d6
 class ScheduleSection(_Section):
-    "How often the cycle runs."
+    "When the desk runs things: each candle close + settle_seconds, the daily report at daily_report_at (UTC)."
     cycle_minutes: int = Field(15, ge=1, le=1440)
     update_positions_seconds: int = Field(30, ge=1, le=3600)
     enabled: bool = True
+    settle_seconds: int = Field(5, ge=0, le=300)
+    daily_report_at: str = "00:05"
+
+    @field_validator("daily_report_at")
+    @classmethod
+    def _hhmm(cls, v):
+        h, _, m = v.strip().partition(":")
+        if not (len(h) == len(m) == 2 and h.isdigit() and m.isdigit() and int(h) < 24 and int(m) < 60):
+            raise ValueError("use HH:MM (UTC, 24-hour), e.g. 00:05")
+        return v.strip()
 
 class RiskSection(_Section):
     "BRIEF §5 defaults, all fractions of equity unless named otherwise."
@@ -164,6 +174,8 @@ class Env(BaseSettings):
     bybit_base_url: str = ""
     telegram_bot_token: SecretStr | None = None
     telegram_chat_ids: str = ""
+    telegram_base_url: str = ""
+    telegram_totp_secret: SecretStr | None = None
     tradelab_data_dir: str = "data"
 
     def masked(self) -> dict:
