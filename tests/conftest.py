@@ -140,5 +140,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _uses_postgresql(item): item.add_marker(pytest.mark.pg)
         if "redis_url" in getattr(item, "fixturenames", ()): item.add_marker(pytest.mark.redis)
-        if item.path.name == "test_browser.py": item.add_marker(pytest.mark.browser)
+        if item.path.name.startswith("test_browser"): item.add_marker(pytest.mark.browser)
         if item.nodeid.split("[")[0] in SLOW: item.add_marker(pytest.mark.slow)
