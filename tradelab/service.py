@@ -14,11 +14,13 @@ from .risk import drawdown, entry_blocks
 from .settings import load_settings
 
 # %% auto #0
-__all__ = ['TRADE_FIELDS', 'ANALYSIS_FIELDS', 'DEFAULT_VENUES', 'RUN_FIELDS', 'positions', 'status', 'trades', 'analyses',
-           'performance', 'prompt_stats', 'calibration', 'compare', 'halt', 'resume', 'close_position', 'close_all',
-           'modify_tpsl', 'config_get', 'config_set', 'config_validate', 'prompt_versions', 'prompt_version',
-           'register_prompts', 'analysis_prompt', 'chart_image', 'analyze', 'candle_cache', 'backtest', 'replay',
-           'runs', 'config_history']
+__all__ = ['TRADE_FIELDS', 'ANALYSIS_FIELDS', 'DEFAULT_VENUES', 'RUN_FIELDS', 'DETAIL_FIELDS', 'BREAKDOWNS', 'EDITABLE',
+           'positions', 'status', 'trades', 'analyses', 'performance', 'prompt_stats', 'calibration', 'compare', 'halt',
+           'resume', 'close_position', 'close_all', 'modify_tpsl', 'config_get', 'config_set', 'config_validate',
+           'prompt_versions', 'prompt_version', 'register_prompts', 'analysis_prompt', 'chart_image', 'analyze',
+           'candle_cache', 'backtest', 'replay', 'runs', 'config_history', 'analysis_feed', 'analysis_detail',
+           'moment_candles', 'equity_curve', 'pnl_curve', 'breakdown', 'prompt_costs', 'config_diff', 'enables_live',
+           'config_set_many', 'refused', 'audit_entries', 'clean_upload', 'run_detail']
 
 # %% ../nbs/85_service.ipynb #9e8ec4ac
 def _open_trade_ids(engine, venue) -> dict[str, int]:
@@ -242,3 +244,170 @@ def config_history(engine: sa.Engine, limit: int | None = 100) -> list[dict]:
     with Session(engine) as s:
         return [{"key": h.key, "old": h.old_value, "new": h.new_value, "by": h.changed_by, "at": h.changed_at}
                 for h in s.scalars(q)]
+
+# %% ../nbs/85_service.ipynb #988a61ce
+import datetime as dt
+from .core import D, parse_time
+
+DETAIL_FIELDS = ANALYSIS_FIELDS + ("reasoning", "key_levels", "time_horizon", "market_conditions", "tokens_in",
+                                   "tokens_out", "latency_ms", "image_path")
+
+def _filtered(q, model, venue, status):
+    if (vs := _as_tuple(venue)) is not None: q = q.where(model.venue.in_(vs))
+    if (ss := _as_tuple(status)) is not None: q = q.where(model.status.in_(ss))
+    return q
+
+def analysis_feed(engine: sa.Engine, venue=None, status=None, offset: int = 0, limit: int = 10) -> dict:
+    "One page of analyses in full (reasoning, latency, image path), newest first: `{'total', 'rows'}`."
+    q = _filtered(sa.select(Analysis), Analysis, venue, status)
+    with Session(engine) as s:
+        total = s.scalar(sa.select(sa.func.count()).select_from(q.subquery()))
+        rows = s.scalars(q.order_by(Analysis.id.desc()).offset(offset).limit(limit))
+        return {"total": total, "rows": [{f: getattr(r, f) for f in DETAIL_FIELDS} for r in rows]}
+
+def analysis_detail(engine: sa.Engine, analysis_id: int) -> dict | None:
+    "One analysis in full, or None."
+    with Session(engine) as s:
+        r = s.get(Analysis, analysis_id)
+        return None if r is None else {f: getattr(r, f) for f in DETAIL_FIELDS}
+
+# %% ../nbs/85_service.ipynb #9eb507f9
+def moment_candles(symbol: str, timeframe: str, at, n: int = 120, port=None):
+    "The last `n` finished candles before `at`: `port`'s, or without one the offline synthetic market's."
+    from tradelab.candles import interval_seconds, synthetic_candles
+    tf, end = normalize_interval(timeframe), parse_time(at)
+    start = end - (n + 1) * dt.timedelta(seconds=interval_seconds(tf))
+    c = port.klines(symbol, tf, start=start, end=end) if port is not None else synthetic_candles(symbol, tf, start, end)
+    return c.iloc[-n:]
+
+# %% ../nbs/85_service.ipynb #07089b31
+def equity_curve(engine: sa.Engine, venue: str) -> list[dict]:
+    "Equity snapshots of `venue`, oldest first, each with the running peak and the drawdown from it."
+    from tradelab.db import EquitySnapshot as E
+    (venue,) = analytics.record([venue])
+    with Session(engine) as s: rows = s.execute(sa.select(E.at, E.equity).where(E.venue == venue).order_by(E.at, E.id))
+    out, peak = [], None
+    for at, eq in rows:
+        peak = eq if peak is None else max(peak, eq)
+        out.append({"at": at, "equity": eq, "peak": peak, "drawdown": float((peak - eq) / peak) if peak else 0.0})
+    return out
+
+def pnl_curve(engine: sa.Engine, venue: str) -> list[dict]:
+    "Closed trades of `venue` in closing order: PnL, cumulative PnL and the fall from its peak."
+    (venue,) = analytics.record([venue])
+    q = sa.select(Trade.closed_at, Trade.pnl).where(Trade.venue == venue, Trade.status == "closed")
+    with Session(engine) as s: rows = s.execute(q.order_by(Trade.closed_at, Trade.id)).all()
+    out, cum, peak = [], D(0), D(0)
+    for at, p in rows:
+        cum += p or 0; peak = max(peak, cum)
+        out.append({"at": at, "pnl": p or D(0), "cum_pnl": cum, "drawdown": peak - cum})
+    return out
+
+# %% ../nbs/85_service.ipynb #5a6178f7
+BREAKDOWNS = ("prompt", "symbol", "timeframe", "month")
+
+def _breakdown_rows(engine, venue):
+    q = (sa.select(Trade.prompt_version, Trade.symbol, Analysis.timeframe, Trade.closed_at, Trade.pnl)
+         .outerjoin(Analysis, Analysis.id == Trade.analysis_id)
+         .where(Trade.venue == venue, Trade.status == "closed"))
+    with Session(engine) as s: return s.execute(q).all()
+
+def _key(by, row) -> str:
+    pv, sym, tf, at, _ = row
+    v = {"prompt": pv, "symbol": sym, "timeframe": tf, "month": at and f"{at:%Y-%m}"}[by]
+    return v or "(unknown)"
+
+# %% ../nbs/85_service.ipynb #f92629e1
+def _group_row(by: str, key: str, pnls: list, venue: str) -> dict:
+    wins, n = sum(x > 0 for x in pnls), len(pnls)
+    return {by: key, "closed_trades": n, "wins": wins, "losses": sum(x < 0 for x in pnls), "win_rate": wins / n,
+            "win_rate_ci95": list(analytics.wilson(wins, n)), "total_pnl": sum(pnls, D(0)), "venue": venue}
+
+def breakdown(engine: sa.Engine, venue: str, by: str = "prompt") -> list[dict]:
+    "Closed trades of one `venue` grouped `by` prompt|symbol|timeframe|month: trades, wins, win rate with CI, PnL."
+    if by not in BREAKDOWNS: raise TradelabError(f"breakdown by {by!r}: choose from {', '.join(BREAKDOWNS)}")
+    (venue,) = analytics.record([venue])
+    groups: dict = {}
+    for r in _breakdown_rows(engine, venue): groups.setdefault(_key(by, r), []).append(r[4] or D(0))
+    return [_group_row(by, k, p, venue) for k, p in sorted(groups.items())]
+
+# %% ../nbs/85_service.ipynb #6d5a1483
+def prompt_costs(engine: sa.Engine, venues=None) -> list[dict]:
+    "Per prompt version over `venues`: analyses, model cost in USD, cost per analysis and per closed trade."
+    vs = analytics.record(_as_tuple(venues))
+    qa = (sa.select(Analysis.prompt_version, sa.func.count(), sa.func.sum(Analysis.cost_usd))
+          .where(Analysis.venue.in_(vs)).group_by(Analysis.prompt_version))
+    qt = (sa.select(Trade.prompt_version, sa.func.count()).where(Trade.venue.in_(vs), Trade.status == "closed")
+          .group_by(Trade.prompt_version))
+    with Session(engine) as s: an, closed = s.execute(qa).all(), dict(s.execute(qt).all())
+    return [{"prompt_version": pv, "analyses": n, "cost_usd": c or D(0), "cost_per_analysis": (c or D(0)) / n,
+             "closed_trades": closed.get(pv, 0), "cost_per_trade": (c or D(0)) / closed[pv] if closed.get(pv) else None,
+             "venues": vs} for pv, n, c in sorted(an, key=lambda r: r[0])]
+
+# %% ../nbs/85_service.ipynb #17185627
+EDITABLE = ("trading", "schedule", "risk", "analysis")  # `costs` is a table of its own, edited in the file
+
+def _flat(settings) -> dict:
+    d = json.loads(settings.model_dump_json())
+    return {f"{s}.{k}": v for s in EDITABLE for k, v in d[s].items()}
+
+def _with(engine, changes: dict) -> dict:
+    "The stored overrides with `changes` ({'section.key': value or None}) on top."
+    ov = config_store.overrides(engine)
+    for key, v in changes.items():
+        sec, k = config_store._split(key)
+        if v is None: ov.get(sec, {}).pop(k, None)
+        else: ov.setdefault(sec, {})[k] = v
+    return ov
+
+# %% ../nbs/85_service.ipynb #bc2859ad
+def config_diff(engine: sa.Engine, changes: dict, settings_path="settings.ini") -> dict:
+    "What saving `changes` would change: `{'valid', 'error', 'diff': [{'key', 'old', 'new'}]}`; nothing is stored."
+    old = _flat(load_settings(settings_path, config_store.overrides(engine)))
+    try: new = _flat(load_settings(settings_path, _with(engine, changes)))
+    except TradelabError as e: return {"valid": False, "error": str(e), "diff": []}
+    return {"valid": True, "error": None,
+            "diff": [{"key": k, "old": old[k], "new": new[k]} for k in old if old[k] != new[k]]}
+
+def enables_live(diff: list[dict]) -> bool:
+    "Does this diff switch the trading venue to `live` (which needs an admin's fresh TOTP)?"
+    return any(d["key"] == "trading.venue" and d["new"] == "live" for d in diff)
+
+# %% ../nbs/85_service.ipynb #04aed6c9
+def config_set_many(engine: sa.Engine, changes: dict, actor: str, settings_path="settings.ini", clock=None) -> dict:
+    "Validate and save an edit in one transaction (history + audit per changed key); refused whole if invalid."
+    d = config_diff(engine, changes, settings_path)
+    if not d["valid"]: raise TradelabError(d["error"])
+    keys = [x["key"] for x in d["diff"]]
+    with Session(engine) as s, s.begin():
+        for k in keys: config_store._store(s, k, changes[k], actor, clock)
+    return {**d, "saved": keys}
+
+# %% ../nbs/85_service.ipynb #53eba458
+def refused(engine: sa.Engine, actor: str, action: str, target: str | None, reason: str, clock=None) -> dict:
+    "Audit a refused action as `<action>.refused` with its reason; returns what to show the user."
+    from tradelab.db import audit
+    with Session(engine) as s, s.begin(): audit(s, actor, f"{action}.refused", target, {"reason": reason}, clock)
+    return {"refused": True, "action": action, "target": target, "reason": reason}
+
+def audit_entries(engine: sa.Engine, limit: int | None = 50, actor: str | None = None, action: str | None = None):
+    "The newest audit entries, optionally of one actor and one action."
+    from tradelab.db import AuditLog as A
+    q = sa.select(A).order_by(A.id.desc()).limit(limit)
+    if actor: q = q.where(A.actor == actor)
+    if action: q = q.where(A.action == action)
+    with Session(engine) as s:
+        return [{"at": a.at, "actor": a.actor, "action": a.action, "target": a.target, "details": a.details}
+                for a in s.scalars(q)]
+
+# %% ../nbs/85_service.ipynb #b5ad097a
+def clean_upload(data: bytes, name: str, settings) -> bytes:
+    "An uploaded chart as clean PNG bytes, or TradelabError naming the file and why it is refused."
+    from tradelab.images import clean_image
+    return clean_image(data, name, settings.analysis.max_image_bytes, settings.analysis.max_image_pixels)
+
+def run_detail(engine: sa.Engine, run_id: int) -> dict | None:
+    "One pipeline run, or None."
+    with Session(engine) as s:
+        r = s.get(PipelineRun, run_id)
+        return None if r is None else {f: getattr(r, f, None) for f in RUN_FIELDS}
