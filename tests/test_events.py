@@ -1,8 +1,13 @@
 """The event bus carries what happened on the desk to every subscriber, in order, once, in-process or over Redis."""
-import os, socket, subprocess, sys, threading, time, uuid
+import datetime as dt, os, socket, subprocess, sys, threading, time, uuid
 from decimal import Decimal
 import pytest
-from tradelab.events import KINDS, Event, LocalBus, RedisBus, client_name, make_bus
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from tradelab.core import UTC
+from tradelab.db import Analysis, Order, PipelineRun, Trade
+from tradelab.killswitch import set_halted
+from tradelab.events import KINDS, Event, LocalBus, RedisBus, Watcher, client_name, make_bus
 
 
 def test_subscribers_get_events_on_a_dispatcher_thread_in_publish_order():
@@ -194,3 +199,149 @@ def test_a_bus_started_with_redis_unreachable_works_in_process_and_says_why():
     st = bus.state()
     bus.stop()
     assert isinstance(bus, RedisBus) and not st["ok"] and st["mode"] == "in-process" and "refused" in st["error"]
+
+
+# --- the watcher ---------------------------------------------------------------------------------------------------
+
+WRITER = """
+import datetime as dt, sys
+from decimal import Decimal
+from sqlalchemy.orm import Session
+from tradelab.core import UTC
+from tradelab.db import Analysis, Order, PipelineRun, Trade, make_engine
+from tradelab.killswitch import set_halted
+eng, now = make_engine(sys.argv[1]), lambda: dt.datetime.now(UTC)
+with Session(eng) as s:
+    run = PipelineRun(pipeline="trading_cycle", status="running", run_key="trading_cycle:60:x"); s.add(run); s.commit()
+    a = Analysis(symbol="BTCUSDT", timeframe="60", recommendation="LONG", confidence=Decimal("0.75"),
+                 prompt_version="p@v2", venue="sim", source="live"); s.add(a); s.commit()
+    t = Trade(analysis_id=a.id, venue="sim", symbol="BTCUSDT", side="LONG", status="pending", qty=Decimal("0.01"),
+              prompt_version="p@v2"); s.add(t); s.commit()
+    t.status, t.opened_at, t.entry_price = "open", now(), Decimal("65000.5"); s.commit()
+    o = Order(client_order_id="tl-9-tpsl", trade_id=t.id, venue="sim", symbol="BTCUSDT", side="Sell",
+              order_type="Limit", qty=Decimal("0.01"), price=Decimal("70000"), status="sending"); s.add(o); s.commit()
+    o.status, o.reject_reason = "rejected", "110017: reduce-only rule not satisfied"; s.commit()
+    t.status, t.closed_at, t.exit_price, t.pnl, t.close_reason = "closed", now(), Decimal("66000"), Decimal("9.99"), \
+        "take_profit"; s.commit()
+    run.status, run.finished_at, run.duration_ms = "ok", now(), 1234; s.commit()
+set_halted(eng, True, "bob", "flash crash")
+print("halted", flush=True); sys.stdin.readline()
+set_halted(eng, False, "bob")
+"""
+
+EXPECTED = ["run.started", "analysis.stored", "trade.opened", "order.rejected", "trade.closed", "run.finished",
+            "desk.halted", "desk.resumed"]
+
+
+def test_the_watcher_publishes_what_another_process_changes_in_the_database_once_in_order(engine):
+    bus, got = LocalBus().start(), []
+    bus.subscribe(got.append)
+    w = Watcher(engine, bus, interval=0.05).start()
+    url = engine.url.render_as_string(hide_password=False)
+    child = subprocess.Popen([sys.executable, "-c", WRITER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "halted"
+        assert _until(lambda: any(e.kind == "desk.halted" for e in got), 10)
+        child.stdin.write("go\n"); child.stdin.flush()
+        assert child.wait(30) == 0
+        assert _until(lambda: any(e.kind == "desk.resumed" for e in got), 10)
+    finally:
+        child.kill(); child.wait(); w.stop(); bus.stop()
+    assert [e.kind for e in got] == EXPECTED
+    ev = {e.kind: e.data for e in got}
+    assert ev["trade.closed"]["pnl"] == "9.99" and ev["trade.closed"]["close_reason"] == "take_profit"
+    assert ev["trade.closed"]["symbol"] == "BTCUSDT" and ev["trade.closed"]["side"] == "LONG"
+    assert ev["trade.opened"]["entry_price"] == "65000.5" and ev["trade.opened"]["prompt_version"] == "p@v2"
+    assert ev["analysis.stored"]["recommendation"] == "LONG" and ev["analysis.stored"]["confidence"] == "0.75"
+    assert ev["order.rejected"]["error"].startswith("110017") and ev["order.rejected"]["venue"] == "sim"
+    assert ev["run.finished"]["run_key"] == "trading_cycle:60:x" and ev["run.finished"]["duration_ms"] == 1234
+    assert ev["desk.halted"] == {"halted": True, "by": "bob", "reason": "flash crash", "at": ev["desk.halted"]["at"]}
+    assert ev["trade.opened"]["trade_id"] == ev["trade.closed"]["trade_id"] == ev["order.rejected"]["trade_id"]
+    assert w.state()["published"] == len(EXPECTED) and not w.state()["running"]
+
+
+def _history(s):
+    """A store with a past: closed, open and pending trades, a rejected order, runs, analyses, a halt."""
+    now = dt.datetime.now(UTC)
+    s.add_all([Analysis(symbol="BTCUSDT", timeframe="60", status="error", reject_reason="down") for _ in range(3)])
+    s.add_all([Trade(venue="sim", symbol="BTCUSDT", side="LONG", status="closed", opened_at=now, closed_at=now,
+                     pnl=Decimal("-1"), close_reason="stop_loss"),
+               Trade(venue="sim", symbol="ETHUSDT", side="SHORT", status="open", opened_at=now),
+               Trade(venue="sim", symbol="SOLUSDT", side="LONG", status="pending"),
+               Order(client_order_id="old-1", venue="sim", symbol="BTCUSDT", side="Buy", order_type="Market",
+                     qty=Decimal(1), status="rejected", reject_reason="old"),
+               PipelineRun(pipeline="trading_cycle", status="failed", error="boom"),
+               PipelineRun(pipeline="trading_cycle", status="running")])
+    s.commit()
+
+
+def test_the_watcher_publishes_nothing_for_history_only_what_changes_after_it_started(engine):
+    with Session(engine) as s: _history(s)
+    set_halted(engine, True, "alice", "before")
+    bus = LocalBus().start()
+    w = Watcher(engine, bus)
+    assert w.poll_once() == [] and w.poll_once() == []
+    with Session(engine) as s:
+        eth = s.scalars(sa.select(Trade).where(Trade.symbol == "ETHUSDT")).one()
+        sol = s.scalars(sa.select(Trade).where(Trade.symbol == "SOLUSDT")).one()
+        run = s.scalars(sa.select(PipelineRun).where(PipelineRun.status == "running")).one()
+        eth.status, eth.closed_at, eth.pnl, eth.close_reason = "closed", dt.datetime.now(UTC), Decimal("3"), "manual"
+        sol.status, sol.close_reason = "cancelled", "entry_rejected"
+        run.status, run.error = "failed", "cell 3 raised"
+        s.commit()
+    evs = w.poll_once()
+    bus.stop()
+    assert [(e.kind, e.data.get("symbol") or e.data.get("error")) for e in evs] == \
+        [("trade.closed", "ETHUSDT"), ("run.failed", "cell 3 raised")]  # no finish time: the poll's time
+    assert w.poll_once() == [] and w.state()["tracked"]["trades"] == 0
+
+
+def test_history_imports_and_backtests_are_not_desk_events_and_a_burst_is_published_in_batches(sqlite_engine):
+    bus = LocalBus().start()
+    w = Watcher(sqlite_engine, bus, batch=500)
+    w.poll_once()
+    with Session(sqlite_engine) as s:
+        s.add_all([Analysis(symbol="BTCUSDT", timeframe="60", source="live") for _ in range(1200)])
+        s.add_all([Analysis(symbol="BTCUSDT", timeframe="60", source=src) for src in ("legacy", "backtest")])
+        s.add_all([Trade(venue=v, symbol="BTCUSDT", side="LONG", status="closed", pnl=Decimal(1),
+                         opened_at=dt.datetime.now(UTC)) for v in ("legacy", "backtest")])
+        s.commit()
+    sizes, ids = [], []
+    while evs := w.poll_once(): sizes.append(len(evs)); ids += [e.data["analysis_id"] for e in evs]
+    bus.stop()
+    assert sizes == [500, 500, 200] and ids == sorted(set(ids)) and len(ids) == 1200
+
+
+def test_a_row_committed_after_a_newer_one_on_postgresql_is_still_published(pg_engine):
+    bus = LocalBus().start()
+    w = Watcher(pg_engine, bus)
+    w.poll_once()
+    slow, fast = Session(pg_engine), Session(pg_engine)
+    try:
+        slow.add(Analysis(symbol="SLOWUSDT", timeframe="60")); slow.flush()  # takes the lower id, commits later
+        fast.add(Analysis(symbol="FASTUSDT", timeframe="60")); fast.commit()
+        assert [e.data["symbol"] for e in w.poll_once()] == ["FASTUSDT"]
+        slow.commit()
+        assert [e.data["symbol"] for e in w.poll_once()] == ["SLOWUSDT"]
+        assert w.poll_once() == [] and w.state()["gaps"] == 0
+    finally:
+        slow.close(); fast.close(); bus.stop()
+
+
+def test_a_database_that_fails_is_reported_and_the_watcher_carries_on_when_it_is_back(tmp_path):
+    from tradelab.db import make_engine
+    from tradelab.migrate import upgrade
+    eng = make_engine(f"sqlite:///{tmp_path}/late.db")  # not migrated yet: every poll fails
+    bus, got = LocalBus().start(), []
+    bus.subscribe(got.append)
+    w = Watcher(eng, bus, interval=0.05).start()
+    try:
+        st = w.state()
+        assert not st["ok"] and st["running"] and "no such table" in st["error"]
+        upgrade(eng)
+        assert _until(lambda: w.state()["ok"], 10)
+        set_halted(eng, True, "carol", "db back")
+        assert _until(lambda: [e.kind for e in got] == ["desk.halted"], 10)
+    finally:
+        w.stop(); bus.stop(); eng.dispose()
