@@ -20,7 +20,7 @@ __all__ = ['TRADE_FIELDS', 'ANALYSIS_FIELDS', 'DEFAULT_VENUES', 'RUN_FIELDS', 'D
            'prompt_versions', 'prompt_version', 'register_prompts', 'analysis_prompt', 'chart_image', 'analyze',
            'candle_cache', 'backtest', 'replay', 'runs', 'config_history', 'analysis_feed', 'analysis_detail',
            'moment_candles', 'equity_curve', 'pnl_curve', 'breakdown', 'prompt_costs', 'config_diff', 'enables_live',
-           'config_set_many', 'refused', 'audit_entries', 'clean_upload', 'run_detail']
+           'config_set_many', 'refused', 'audit_entries', 'clean_upload', 'run_detail', 'analyze_request']
 
 # %% ../nbs/85_service.ipynb #9e8ec4ac
 def _open_trade_ids(engine, venue) -> dict[str, int]:
@@ -411,3 +411,20 @@ def run_detail(engine: sa.Engine, run_id: int) -> dict | None:
     with Session(engine) as s:
         r = s.get(PipelineRun, run_id)
         return None if r is None else {f: getattr(r, f, None) for f in RUN_FIELDS}
+
+# %% ../nbs/85_service.ipynb #341c8517
+def analyze_request(engine: sa.Engine, env, settings, clock, actor: str, prompt: str | None = None,
+                    image: bytes | None = None, filename: str = "upload", symbol: str | None = None,
+                    timeframe: str | None = None) -> dict:
+    "Analyse an uploaded chart or a symbol/timeframe now for `actor`; audited, refusals too (nothing stored then)."
+    from tradelab.db import audit
+    try:
+        png = clean_upload(image, filename, settings) if image is not None else None
+        p = analysis_prompt(settings, env, png is not None, prompt or None)[0]
+        out = analyze(engine, env, settings, clock, p, image=png, symbol=symbol, timeframe=timeframe)
+    except TradelabError as e:
+        refused(engine, actor, "analysis.request", filename if image is not None else symbol, str(e), clock); raise
+    with Session(engine) as s, s.begin():
+        audit(s, actor, "analysis.request", f"analysis {out['id']}", {"prompt": p.key, "upload": png is not None},
+              clock)
+    return out
