@@ -63,11 +63,14 @@ def make_lock(name: str, redis_url: str | None = None):
     return RedisLock(name, redis_url) if redis_url else FileLock(name)
 
 @contextlib.contextmanager
-def held(lock, what: str):
-    "Hold `lock` for the block, or fail at once saying `what` is already running."
-    if not lock.acquire():
-        where = getattr(lock, "key", getattr(lock, "path", ""))
-        raise TradelabError(f"{what} is already running elsewhere (lock {where})")
+def held(lock, what: str, wait: float = 0):
+    "Hold `lock` for the block; fail saying `what` is already running if it is not free within `wait` seconds."
+    deadline = time.monotonic() + wait
+    while not lock.acquire():
+        if time.monotonic() >= deadline:
+            where = getattr(lock, "key", getattr(lock, "path", ""))
+            raise TradelabError(f"{what} is already running elsewhere (lock {where})")
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
     try: yield lock
     finally: lock.release()
 
@@ -88,11 +91,15 @@ def _source(name: str, root: Path) -> Path:
     return src
 
 # %% ../nbs/80_pipelines.ipynb #28b1ce47
-def _open_run(s: Session, name: str, params: dict, out: Path, start, actor: str, clock) -> PipelineRun:
-    "Record a run as started (committed), audited and logged."
-    run = PipelineRun(pipeline=name, parameters=json.loads(dumps(params)), status="running",
+def _open_run(s: Session, name: str, params: dict, out: Path, start, actor: str, clock,
+              run_key: str | None = None) -> PipelineRun:
+    "Record a run as started (committed), audited and logged; a `run_key` already taken is refused."
+    run = PipelineRun(pipeline=name, parameters=json.loads(dumps(params)), status="running", run_key=run_key,
                       host=socket.gethostname(), started_at=start, output_path=str(out))
-    s.add(run); audit(s, actor, "pipeline.start", name, {"parameters": run.parameters}, clock); s.commit()
+    s.add(run); audit(s, actor, "pipeline.start", name, {"parameters": run.parameters}, clock)
+    try: s.commit()
+    except sa.exc.IntegrityError:
+        s.rollback(); raise TradelabError(f"run key {run_key!r} is taken: that run exists already") from None
     log.info("pipeline %s run %s started by %s", name, run.id, actor, extra={"run_id": run.id, "pipeline": name})
     return run
 
@@ -104,6 +111,23 @@ def _close_run(s: Session, run: PipelineRun, actor: str, clock, t0: float):
     else: log.error("pipeline %s run %s failed: %s", name, run.id, run.error, extra=ids)
     audit(s, actor, f"pipeline.{run.status}", name, {"run_id": run.id, "error": run.error}, clock)
     s.add(run); s.commit()
+
+# %% ../nbs/80_pipelines.ipynb #ccca5988
+def _take_run(s: Session, run_id: int, name: str, params: dict, out: Path, start, actor: str, clock) -> PipelineRun:
+    "Take over the queued run `run_id` of `name`: now running here (committed), audited and logged."
+    q = (sa.update(PipelineRun).where(PipelineRun.id == run_id, PipelineRun.pipeline == name,
+                                      PipelineRun.status == "queued")
+         .values(status="running", started_at=start, output_path=str(out)))
+    if s.execute(q).rowcount != 1:
+        s.rollback(); run = s.get(PipelineRun, run_id)
+        state = f"it is {run.pipeline} {run.status}" if run else "there is no such run"
+        raise TradelabError(f"run {run_id} cannot be taken over as a waiting {name!r} run: {state}")
+    run = s.get(PipelineRun, run_id); s.refresh(run)
+    run.parameters = {**(run.parameters or {}), **json.loads(dumps(params))}
+    audit(s, actor, "pipeline.start", name, {"run_id": run_id, "parameters": run.parameters}, clock); s.commit()
+    log.info("pipeline %s run %s (%s) taken over by %s", name, run_id, run.run_key, actor,
+             extra={"run_id": run_id, "pipeline": name})
+    return run
 
 # %% ../nbs/80_pipelines.ipynb #574f81e8
 def _execute(src: Path, out: Path, params: dict, run: PipelineRun, cell_timeout: int):
@@ -121,19 +145,22 @@ def _execute(src: Path, out: Path, params: dict, run: PipelineRun, cell_timeout:
 # %% ../nbs/80_pipelines.ipynb #6e046120
 def run_pipeline(engine: sa.Engine, name: str, params: dict | None = None, root: Path | None = None,
                  out_dir: Path | None = None, clock=None, redis_url: str | None = None, actor: str = "scheduler",
-                 cell_timeout: int = 1800) -> PipelineRun:
+                 cell_timeout: int = 1800, run_id: int | None = None, run_key: str | None = None,
+                 lock_wait: float | None = None) -> PipelineRun:
     "Run `pipelines/NAME.ipynb` with papermill under the pipeline's lock; the run is recorded whatever happens."
     clock, root = clock or SystemClock(), root or pipelines_dir()
     src = _source(name, root)
     params = dict(params or {})
     parse_params([(k, json.dumps(v)) for k, v in params.items()])  # refuse secrets here too
-    with held(make_lock(f"pipeline-{name}", redis_url), f"pipeline {name!r}"):
+    wait = lock_wait if lock_wait is not None else (600 if run_id else 0)  # a claimed run waits its turn
+    with held(make_lock(f"pipeline-{name}", redis_url), f"pipeline {name!r}", wait):
         start = clock.now()
         out_dir = out_dir or data_dir() / "runs" / name
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.ipynb"
         with Session(engine, expire_on_commit=False) as s:
-            run = _open_run(s, name, params, out, start, actor, clock)
+            if run_id: run = _take_run(s, run_id, name, params, out, start, actor, clock)
+            else: run = _open_run(s, name, params, out, start, actor, clock, run_key)
             t0 = time.perf_counter()
             _execute(src, out, params, run, cell_timeout)
             _close_run(s, run, actor, clock, t0)
