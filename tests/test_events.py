@@ -345,3 +345,26 @@ def test_a_database_that_fails_is_reported_and_the_watcher_carries_on_when_it_is
         assert _until(lambda: [e.kind for e in got] == ["desk.halted"], 10)
     finally:
         w.stop(); bus.stop(); eng.dispose()
+
+
+def test_two_desks_watching_one_database_over_redis_deliver_each_change_once(engine, redis_url):
+    from tradelab.db import make_engine
+    ch, seen = _channel(), []
+    desk_a, desk_b = RedisBus(redis_url, channel=ch).start(), RedisBus(redis_url, channel=ch).start()
+    dashboard = RedisBus(redis_url, channel=ch).start()
+    dashboard.subscribe(seen.append)
+    other = make_engine(engine.url.render_as_string(hide_password=False))  # the second desk's own engine
+    wa, wb = Watcher(engine, desk_a), Watcher(other, desk_b)
+    try:
+        wa.poll_once(); wb.poll_once()
+        with Session(engine) as s:
+            s.add(Trade(venue="sim", symbol="BTCUSDT", side="LONG", status="open", opened_at=dt.datetime.now(UTC)))
+            s.commit()
+        set_halted(engine, True, "alice", "two desks")
+        a, b = wa.poll_once(), wb.poll_once()
+        assert [e.id for e in a] == [e.id for e in b] and [e.kind for e in a] == ["trade.opened", "desk.halted"]
+        desk_a.publish("tick", last="a"); desk_b.publish("tick", last="b")  # each after its own copies
+        assert _until(lambda: sum(e.kind == "tick" for e in seen) == 2) and dashboard.flush(5)
+        assert [e.kind for e in seen if e.kind != "tick"] == ["trade.opened", "desk.halted"]
+    finally:
+        desk_a.stop(); desk_b.stop(); dashboard.stop(); other.dispose()
