@@ -111,6 +111,7 @@ class Simulator:
         self.engine.listeners.append(self._on_event)
         self.app = self._app()
         self.frozen: set = set()  # symbols whose price is set by hand (tests)
+        self.ws_refused_until = 0.0  # WebSocket connections refused until then (time.time(); a network blip)
         self.tick()
 
 # %% ../nbs/33_simulator.ipynb #d1901704
@@ -134,6 +135,8 @@ def tick(self: Simulator):
 
 @patch
 def _on_event(self: Simulator, topic, data):
+    if topic == "position":  # the position topic names the average price entryPrice (the REST list: avgPrice)
+        data = [dict(p, entryPrice=p["avgPrice"], category="linear") for p in data]
     msg = {"id": f"sim-{time.time_ns()}", "topic": topic, "creationTime": int(time.time() * 1000), "data": data}
     for ws in list(self.sockets):
         if ws.private and ws.authed and topic in ws.topics: ws.queue.put_nowait(msg)
@@ -284,6 +287,17 @@ def start_in_thread(port: int = 0, host: str = "127.0.0.1", **kw) -> SimHandle:
     t.start(); ready.wait(30)
     if "error" in box: raise box["error"]
     return SimHandle(box["sim"], loop, box["runner"], box["port"], t)
+
+# %% ../nbs/33_simulator.ipynb #2f14b49a
+@patch
+def drop_sockets(self: SimHandle, refuse_for: float = 0) -> int:
+    "Close every WebSocket now and refuse new ones for `refuse_for` seconds; returns how many were closed."
+    async def drop():
+        self.sim.ws_refused_until = time.time() + refuse_for
+        socks = list(self.sim.sockets)
+        for ws in socks: self.sim.stats["ws_disconnects"] += 1; await ws.close()
+        return len(socks)
+    return asyncio.run_coroutine_threadsafe(drop(), self.loop).result(10)
 
 # %% ../nbs/33_simulator.ipynb #34da833e
 @patch
@@ -551,11 +565,15 @@ async def _writer(self: Simulator, ws):
 
 @patch
 @route("GET", "/v5/public/linear")
-async def ws_public(self: Simulator, request): return await self._ws_loop(request, False)
+async def ws_public(self: Simulator, request):
+    if time.time() < self.ws_refused_until: return web.Response(status=503, text="WebSocket refused (injected)")
+    return await self._ws_loop(request, False)
 
 @patch
 @route("GET", "/v5/private")
-async def ws_private(self: Simulator, request): return await self._ws_loop(request, True)
+async def ws_private(self: Simulator, request):
+    if time.time() < self.ws_refused_until: return web.Response(status=503, text="WebSocket refused (injected)")
+    return await self._ws_loop(request, True)
 
 # %% ../nbs/33_simulator.ipynb #8b804e76
 def _ticker_push(ws, topic: str, sym: str, cur: dict, now: int):
