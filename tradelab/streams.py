@@ -16,13 +16,13 @@ from .exchange import Execution, execution_from_v5, v5_decimal
 from .orders import IN_DOUBT, _ingest, reconcile
 from .trades import OPEN, PENDING, _close_gone, _exit, _settle_pending
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 PRIVATE_TOPICS = ("order", "execution", "position")
-CONNECT_TIMEOUT, MAX_BACKOFF = 10.0, 5.0
+CONNECT_TIMEOUT, MAX_BACKOFF, MAX_HELD = 10.0, 5.0, 10_000
 
 # %% auto #0
-__all__ = ['log', 'PRIVATE_TOPICS', 'CONNECT_TIMEOUT', 'MAX_BACKOFF', 'Throttle', 'StreamSocket', 'record_execution',
-           'apply_order', 'position_of', 'sync_trades_by_fills', 'Link', 'Streams']
+__all__ = ['PRIVATE_TOPICS', 'CONNECT_TIMEOUT', 'MAX_BACKOFF', 'MAX_HELD', 'Throttle', 'StreamSocket', 'record_execution',
+           'apply_order', 'position_of', 'sync_trades_by_fills', 'Link', 'Streams', 'socket_options']
 
 # %% ../nbs/74_streams.ipynb #0431a911
 class Throttle:
@@ -60,7 +60,8 @@ class StreamSocket(BybitWebSocket):
         super()._on_close()
     def exit(self):
         "Close now: shut the socket down first, which wakes pybit's reader so its thread ends at once."
-        self.exited = True  # what follows is not an error to report
+        self.exited = True  # what follows is not an error to report (pybit's nor websocket-client's)
+        if hasattr(self, "ws"): self.ws.keep_running = False
         try: self.ws.sock.abort()
         except AttributeError: pass  # never connected, or already closed
         wst = getattr(self, "wst", None)  # let the reader see the end before the socket is closed under it
@@ -83,7 +84,7 @@ def _process_subscription_message(self: StreamSocket, message):
     if message.get("success"): self.acked.add(message.get("req_id"))
     else:
         self.refused = message.get("ret_msg") or "subscription refused"
-        log.error("bybit stream %s: subscription refused: %s", self.ws_name, self.refused)
+        _log.error("bybit stream %s: subscription refused: %s", self.ws_name, self.refused)
 
 @patch
 def ready(self: StreamSocket) -> bool:
@@ -101,7 +102,7 @@ def record_execution(engine: sa.Engine, x: Execution, venue: str, clock=None, tr
             with Session(engine) as s, s.begin(): _ingest(s, x, venue, clock)
             return True
         except IntegrityError:  # recorded (or its order) by another process between our look and our write
-            log.info("execution %s: recorded concurrently elsewhere, looking again", x.exec_id)
+            _log.info("execution %s: recorded concurrently elsewhere, looking again", x.exec_id)
             if attempt == tries - 1: raise
     return False
 
@@ -173,13 +174,18 @@ class Streams:
         self._q, self._held, self._stop, self._thread = queue.Queue(), [], threading.Event(), None
         self._dirty, self._old = False, []
 
+# %% ../nbs/74_streams.ipynb #69d4bc87
+def socket_options(env_name: str, private: bool, ping_interval: float = 20) -> dict:
+    "pybit's WebSocket options for `env_name` (testnet|demo|mainnet) and a private or public channel."
+    return {"testnet": env_name == "testnet", "demo": private and env_name == "demo", "ping_interval": ping_interval,
+            "ping_timeout": ping_interval / 2}
+
 # %% ../nbs/74_streams.ipynb #e4213063
 @patch
 def _open(self: Streams, link: Link):
     "Connect `link`'s channel and subscribe its topics."
     private = link.channel == "private"
-    kw = dict(testnet=self.env_name == "testnet", demo=self.env_name == "demo", ping_interval=self.ping_interval,
-              ping_timeout=self.ping_interval / 2)
+    kw = socket_options(self.env_name, private, self.ping_interval)
     if private: kw.update(api_key=self._key, api_secret=self._secret)
     sock = StreamSocket("private" if private else "linear", self._lost, self.base_url, **kw)
     link.sock, link.lost, link.opened_at = sock, False, time.monotonic()
@@ -199,7 +205,7 @@ def _lost(self: Streams, sock, error):
 def _publish(self: Streams, kind: str, **data):
     if self.bus is None: return
     try: self.bus.publish(kind, **data)
-    except Exception: log.exception("streams: publishing %s failed", kind)
+    except Exception: _log.exception("streams: publishing %s failed", kind)
 
 # %% ../nbs/74_streams.ipynb #4721a7f2
 @patch
@@ -207,12 +213,12 @@ def _drop(self: Streams, link: Link):
     "Close `link`'s socket and schedule the next try; a loss of a trusted channel is published as stream.lost."
     sock, link.sock = link.sock, None
     try: sock.exit()
-    except Exception: log.debug("closing a dead socket", exc_info=True)
+    except Exception: _log.debug("closing a dead socket", exc_info=True)
     self._old = [s for s in self._old if s.wst.is_alive()] + [sock]  # joined by stop()
     link.next_try, link.backoff = time.monotonic() + link.backoff, min(max(link.backoff * 2, 0.1), MAX_BACKOFF)
     if link.up:
         link.up, link.was_lost = False, True
-        log.warning("bybit %s stream %s lost (%s): reconnecting", self.venue, link.channel, link.error)
+        _log.warning("bybit %s stream %s lost (%s): reconnecting", self.venue, link.channel, link.error)
         self._publish("stream.lost", channel=link.channel, venue=self.venue, error=link.error)
 
 # %% ../nbs/74_streams.ipynb #266c44aa
@@ -228,7 +234,7 @@ def _try_open(self: Streams, link: Link):
     try: self._open(link)
     except Exception as e:
         link.error = f"{type(e).__name__}: {e}"
-        log.warning("bybit %s stream %s: connect failed (%s), next try in %.1fs", self.venue, link.channel, link.error,
+        _log.warning("bybit %s stream %s: connect failed (%s), next try in %.1fs", self.venue, link.channel, link.error,
                     link.backoff)
         link.next_try, link.backoff = time.monotonic() + link.backoff, min(max(link.backoff * 2, 0.1), MAX_BACKOFF)
 
@@ -239,7 +245,7 @@ def resync(self: Streams) -> dict:
     out = reconcile(self.engine, self.port, self.venue, self.clock)
     out |= sync_trades_by_fills(self.engine, self.port, self.venue, self.clock)
     self.counts["resyncs"] += 1
-    log.info("bybit %s stream resynced over REST: %s", self.venue, out)
+    _log.info("bybit %s stream resynced over REST: %s", self.venue, out)
     return out
 
 # %% ../nbs/74_streams.ipynb #68e5b4e4
@@ -251,14 +257,14 @@ def _trust(self: Streams, link: Link):
         try: self.resync()
         except Exception as e:
             link.error = f"resync failed: {type(e).__name__}: {e}"
-            log.warning("bybit %s stream: %s; trying again", self.venue, link.error)
+            _log.warning("bybit %s stream: %s; trying again", self.venue, link.error)
             link.next_try = time.monotonic() + 1; return
         held, self._held = self._held, []
         for m in held: self._private(m)
     link.up, link.backoff, link.error = True, 0.0, None
     if link.was_lost:
         link.was_lost = False; self.counts["reconnects"] += 1
-        log.info("bybit %s stream %s restored", self.venue, link.channel)
+        _log.info("bybit %s stream %s restored", self.venue, link.channel)
         self._publish("stream.restored", channel=link.channel, venue=self.venue)
 
 # %% ../nbs/74_streams.ipynb #e815e8bf
@@ -305,17 +311,19 @@ def _handle(self: Streams, channel: str, msg):
     "One queued item: a ticker, a private push (held while the channel is not trusted), or a wake-up."
     if channel == "public": self._ticker(msg)
     elif channel == "private":
-        if not self.links["private"].up: self._held.append(msg); return
+        if not self.links["private"].up:
+            self._held = self._held[-MAX_HELD + 1:] + [msg]  # the resync brings in what an overflow drops
+            return
         try: self._private(msg)
         except Exception as e:
             self._held.append(msg); self.links["private"].up = False
-            log.warning("bybit %s stream: a push could not be applied (%s): resyncing over REST", self.venue, e)
+            _log.warning("bybit %s stream: a push could not be applied (%s): resyncing over REST", self.venue, e)
 
 @patch
 def _sync(self: Streams):
     "Bring the trades up to date after fills (again next round if the exchange or the database said no)."
     try: sync_trades_by_fills(self.engine, self.port, self.venue, self.clock); self._dirty = False
-    except Exception: log.exception("bybit %s stream: syncing trades failed; trying again", self.venue)
+    except Exception: _log.exception("bybit %s stream: syncing trades failed; trying again", self.venue)
 
 # %% ../nbs/74_streams.ipynb #2fe70efc
 @patch
@@ -329,7 +337,7 @@ def _drain(self: Streams, wait: float = 0.05, batch: int = 500):
         if channel == "wake": continue
         self.counts["messages"] += 1
         try: self._handle(channel, msg)
-        except Exception: log.exception("bybit %s stream: a %s message failed", self.venue, channel)
+        except Exception: _log.exception("bybit %s stream: a %s message failed", self.venue, channel)
 
 # %% ../nbs/74_streams.ipynb #0e49a8bb
 @patch
@@ -337,7 +345,7 @@ def _run(self: Streams):
     while not self._stop.is_set():
         for link in self.links.values():
             try: self._supervise(link)
-            except Exception: log.exception("bybit %s stream %s: supervising failed", self.venue, link.channel)
+            except Exception: _log.exception("bybit %s stream %s: supervising failed", self.venue, link.channel)
         self._drain()
         if self._dirty: self._sync()
         self._flush_ticks()
@@ -359,7 +367,7 @@ def _close(self: Streams):
         if link.sock is not None: self._old.append(link.sock); link.sock, link.up = None, False
     for sock in self._old:
         try: sock.exit()
-        except Exception: log.debug("closing a socket", exc_info=True)
+        except Exception: _log.debug("closing a socket", exc_info=True)
 
 # %% ../nbs/74_streams.ipynb #99152e72
 @patch
