@@ -67,7 +67,7 @@ PLUGINS = {
     "backtest": ("tradelab.commands_analysis", "evaluate stored analyses against later candles"),
     "replay": ("tradelab.commands_analysis", "re-run a prompt over past charts (no look-ahead) for backtesting"),
     "up": ("tradelab.server", "scheduler + dashboard (+ simulator when no exchange keys)"),
-    "users": ("tradelab.auth", "manage dashboard users"),
+    "users": ("tradelab.commands_users", "manage dashboard users, their roles, TOTP and API keys"),
 }
 
 # %% ../nbs/90_cli.ipynb #f0160f47

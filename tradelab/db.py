@@ -17,10 +17,11 @@ from .settings import mask_url
 
 # %% auto #0
 __all__ = ['SCALE', 'JSONType', 'RECOMMENDATIONS', 'SOURCES', 'VENUES', 'TRADE_STATUSES', 'ORDER_STATUSES', 'ORDER_PURPOSES',
-           'ANALYSIS_STATUSES', 'RUN_STATUSES', 'quantise', 'to_scaled', 'canonical', 'Dec', 'MoneyAvg', 'MoneyAbs',
-           'UTCDateTime', 'Base', 'one_of', 'PromptVersion', 'Analysis', 'Trade', 'Order', 'Fill', 'EquitySnapshot',
-           'AppState', 'AnalysisOutcome', 'BotConfig', 'BotConfigHistory', 'AuditLog', 'User', 'PipelineRun',
-           'RejectedRow', 'database_url', 'make_engine', 'check_connection', 'sessions', 'audit', 'reject_row']
+           'ANALYSIS_STATUSES', 'RUN_STATUSES', 'USER_ROLES', 'LOGIN_KINDS', 'LOGIN_OUTCOMES', 'quantise', 'to_scaled',
+           'canonical', 'Dec', 'MoneyAvg', 'MoneyAbs', 'UTCDateTime', 'Base', 'one_of', 'PromptVersion', 'Analysis',
+           'Trade', 'Order', 'Fill', 'EquitySnapshot', 'AppState', 'AnalysisOutcome', 'BotConfig', 'BotConfigHistory',
+           'AuditLog', 'User', 'PipelineRun', 'RejectedRow', 'UserSession', 'ApiKey', 'LoginAttempt', 'database_url',
+           'make_engine', 'check_connection', 'sessions', 'audit', 'reject_row']
 
 # %% ../nbs/10_db.ipynb #996f067b
 SCALE = 10
@@ -335,8 +336,10 @@ class AuditLog(Base):
     details: Mapped[dict | None] = mapped_column(JSONType)
     __table_args__ = (Index(None, "at"),)
 
+USER_ROLES = ("viewer", "trader", "admin")
+
 class User(Base):
-    "A dashboard user: viewer, trader or admin; TOTP secret stored encrypted."
+    "A dashboard user: viewer, trader or admin; TOTP secret stored encrypted; a disabled user cannot log in."
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -345,6 +348,10 @@ class User(Base):
     totp_secret_enc: Mapped[str | None] = mapped_column(Text)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa.false())
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa.false())
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)  # the last TOTP time step accepted: no replay
+    __table_args__ = (one_of("role", USER_ROLES),)
 
 # %% ../nbs/10_db.ipynb #cf8315b8
 class PipelineRun(Base):
@@ -373,6 +380,50 @@ class RejectedRow(Base):
     raw: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
     __table_args__ = (UniqueConstraint("source", "source_id"),)
+
+# %% ../nbs/10_db.ipynb #7990acbf
+class UserSession(Base):
+    "A logged-in browser session; its id is the sha256 of its token (the token itself is never stored)."
+    __tablename__ = "user_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    __table_args__ = (Index(None, "user_id"), Index(None, "expires_at"))
+
+# %% ../nbs/10_db.ipynb #4b13b0d0
+class ApiKey(Base):
+    "A user's key for the JSON API: only its sha256 is stored, and its first characters to recognise it by."
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (Index(None, "user_id"),)
+
+# %% ../nbs/10_db.ipynb #674a1dfc
+LOGIN_KINDS = ("password", "totp")
+LOGIN_OUTCOMES = ("ok", "failed", "throttled", "disabled")
+
+class LoginAttempt(Base):
+    "One password or TOTP attempt: the name as typed, the address and the outcome (never the secret tried)."
+    __tablename__ = "login_attempts"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
+    kind: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    __table_args__ = (Index(None, "name", "at"), Index(None, "address", "at"), Index(None, "at"),
+                      one_of("kind", LOGIN_KINDS), one_of("outcome", LOGIN_OUTCOMES))
 
 # %% ../nbs/10_db.ipynb #763eb3a1
 def database_url(env=None) -> str:
