@@ -1,5 +1,5 @@
 """The event bus carries what happened on the desk to every subscriber, in order, once, in-process or over Redis."""
-import datetime as dt, os, socket, subprocess, sys, threading, time, uuid
+import datetime as dt, inspect, os, socket, subprocess, sys, threading, time, uuid
 from decimal import Decimal
 import pytest
 import sqlalchemy as sa
@@ -203,41 +203,64 @@ def test_a_bus_started_with_redis_unreachable_works_in_process_and_says_why():
 
 # --- the watcher ---------------------------------------------------------------------------------------------------
 
-WRITER = """
-import datetime as dt, sys
-from decimal import Decimal
-from sqlalchemy.orm import Session
-from tradelab.core import UTC
-from tradelab.db import Analysis, Order, PipelineRun, Trade, make_engine
-from tradelab.killswitch import set_halted
-eng, now = make_engine(sys.argv[1]), lambda: dt.datetime.now(UTC)
-with Session(eng) as s:
-    run = PipelineRun(pipeline="trading_cycle", status="running", run_key="trading_cycle:60:x"); s.add(run); s.commit()
-    a = Analysis(symbol="BTCUSDT", timeframe="60", recommendation="LONG", confidence=Decimal("0.75"),
-                 prompt_version="p@v2", venue="sim", source="live"); s.add(a); s.commit()
-    t = Trade(analysis_id=a.id, venue="sim", symbol="BTCUSDT", side="LONG", status="pending", qty=Decimal("0.01"),
-              prompt_version="p@v2"); s.add(t); s.commit()
-    t.status, t.opened_at, t.entry_price = "open", now(), Decimal("65000.5"); s.commit()
-    o = Order(client_order_id="tl-9-tpsl", trade_id=t.id, venue="sim", symbol="BTCUSDT", side="Sell",
-              order_type="Limit", qty=Decimal("0.01"), price=Decimal("70000"), status="sending"); s.add(o); s.commit()
-    o.status, o.reject_reason = "rejected", "110017: reduce-only rule not satisfied"; s.commit()
-    t.status, t.closed_at, t.exit_price, t.pnl, t.close_reason = "closed", now(), Decimal("66000"), Decimal("9.99"), \
-        "take_profit"; s.commit()
-    run.status, run.finished_at, run.duration_ms = "ok", now(), 1234; s.commit()
-set_halted(eng, True, "bob", "flash crash")
-print("halted", flush=True); sys.stdin.readline()
-set_halted(eng, False, "bob")
+def story(url, pause):
+    """What a trading cycle and an operator do to the database, from their own engine; `pause()` after the halt."""
+    import datetime as dt
+    from decimal import Decimal
+    from sqlalchemy.orm import Session
+    from tradelab.core import UTC
+    from tradelab.db import Analysis, Order, PipelineRun, Trade, make_engine
+    from tradelab.killswitch import set_halted
+    eng, now = make_engine(url), lambda: dt.datetime.now(UTC)
+    with Session(eng) as s:
+        run = PipelineRun(pipeline="trading_cycle", status="running", run_key=f"trading_cycle:60:{url[-6:]}")
+        s.add(run); s.commit()
+        a = Analysis(symbol="BTCUSDT", timeframe="60", recommendation="LONG", confidence=Decimal("0.75"),
+                     prompt_version="p@v2", venue="sim", source="live"); s.add(a); s.commit()
+        t = Trade(analysis_id=a.id, venue="sim", symbol="BTCUSDT", side="LONG", status="pending", qty=Decimal("0.01"),
+                  prompt_version="p@v2"); s.add(t); s.commit()
+        t.status, t.opened_at, t.entry_price = "open", now(), Decimal("65000.5"); s.commit()
+        o = Order(client_order_id=f"tl-{t.id}-tpsl", trade_id=t.id, venue="sim", symbol="BTCUSDT", side="Sell",
+                  order_type="Limit", qty=Decimal("0.01"), price=Decimal("70000"), status="sending")
+        s.add(o); s.commit()
+        o.status, o.reject_reason = "rejected", "110017: reduce-only rule not satisfied"; s.commit()
+        t.status, t.closed_at, t.exit_price, t.pnl = "closed", now(), Decimal("66000"), Decimal("9.99")
+        t.close_reason = "take_profit"; s.commit()
+        run.status, run.finished_at, run.duration_ms = "ok", now(), 1234; s.commit()
+    set_halted(eng, True, "bob", "flash crash")
+    pause()
+    set_halted(eng, False, "bob")
+    eng.dispose()
+
+
+WRITER = inspect.getsource(story) + """
+import sys
+story(sys.argv[1], lambda: (print("halted", flush=True), sys.stdin.readline()))
 """
 
 EXPECTED = ["run.started", "analysis.stored", "trade.opened", "order.rejected", "trade.closed", "run.finished",
             "desk.halted", "desk.resumed"]
 
 
-def test_the_watcher_publishes_what_another_process_changes_in_the_database_once_in_order(engine):
+def _check_story(got, w):
+    assert [e.kind for e in got] == EXPECTED
+    ev = {e.kind: e.data for e in got}
+    assert ev["trade.closed"]["pnl"] == "9.99" and ev["trade.closed"]["close_reason"] == "take_profit"
+    assert ev["trade.closed"]["symbol"] == "BTCUSDT" and ev["trade.closed"]["side"] == "LONG"
+    assert ev["trade.opened"]["entry_price"] == "65000.5" and ev["trade.opened"]["prompt_version"] == "p@v2"
+    assert ev["analysis.stored"]["recommendation"] == "LONG" and ev["analysis.stored"]["confidence"] == "0.75"
+    assert ev["order.rejected"]["error"].startswith("110017") and ev["order.rejected"]["venue"] == "sim"
+    assert ev["run.finished"]["run_key"].startswith("trading_cycle:60:") and ev["run.finished"]["duration_ms"] == 1234
+    assert ev["desk.halted"] == {"halted": True, "by": "bob", "reason": "flash crash", "at": ev["desk.halted"]["at"]}
+    assert ev["trade.opened"]["trade_id"] == ev["trade.closed"]["trade_id"] == ev["order.rejected"]["trade_id"]
+    assert w.state()["published"] == len(EXPECTED) and not w.state()["running"]
+
+
+def test_the_watcher_publishes_what_another_process_changes_in_the_database_once_in_order(sqlite_engine):
     bus, got = LocalBus().start(), []
     bus.subscribe(got.append)
-    w = Watcher(engine, bus, interval=0.05).start()
-    url = engine.url.render_as_string(hide_password=False)
+    w = Watcher(sqlite_engine, bus, interval=0.05).start()
+    url = sqlite_engine.url.render_as_string(hide_password=False)
     child = subprocess.Popen([sys.executable, "-c", WRITER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
     try:
@@ -248,17 +271,21 @@ def test_the_watcher_publishes_what_another_process_changes_in_the_database_once
         assert _until(lambda: any(e.kind == "desk.resumed" for e in got), 10)
     finally:
         child.kill(); child.wait(); w.stop(); bus.stop()
-    assert [e.kind for e in got] == EXPECTED
-    ev = {e.kind: e.data for e in got}
-    assert ev["trade.closed"]["pnl"] == "9.99" and ev["trade.closed"]["close_reason"] == "take_profit"
-    assert ev["trade.closed"]["symbol"] == "BTCUSDT" and ev["trade.closed"]["side"] == "LONG"
-    assert ev["trade.opened"]["entry_price"] == "65000.5" and ev["trade.opened"]["prompt_version"] == "p@v2"
-    assert ev["analysis.stored"]["recommendation"] == "LONG" and ev["analysis.stored"]["confidence"] == "0.75"
-    assert ev["order.rejected"]["error"].startswith("110017") and ev["order.rejected"]["venue"] == "sim"
-    assert ev["run.finished"]["run_key"] == "trading_cycle:60:x" and ev["run.finished"]["duration_ms"] == 1234
-    assert ev["desk.halted"] == {"halted": True, "by": "bob", "reason": "flash crash", "at": ev["desk.halted"]["at"]}
-    assert ev["trade.opened"]["trade_id"] == ev["trade.closed"]["trade_id"] == ev["order.rejected"]["trade_id"]
-    assert w.state()["published"] == len(EXPECTED) and not w.state()["running"]
+    _check_story(got, w)
+
+
+def test_the_watcher_publishes_what_another_connection_changes_on_postgresql_once_in_order(pg_engine):
+    bus, got = LocalBus().start(), []
+    bus.subscribe(got.append)
+    w = Watcher(pg_engine, bus, interval=0.05).start()
+    seen_halt = lambda: _until(lambda: any(e.kind == "desk.halted" for e in got), 10)
+    writer = threading.Thread(target=story, args=(pg_engine.url.render_as_string(hide_password=False), seen_halt))
+    try:
+        writer.start(); writer.join(30)
+        assert _until(lambda: any(e.kind == "desk.resumed" for e in got), 10)
+    finally:
+        w.stop(); bus.stop()
+    _check_story(got, w)
 
 
 def _history(s):
