@@ -47,9 +47,10 @@ def poll_cost(eng):
     bus = LocalBus().start()
     w = Watcher(eng, bus)
     t0 = time.perf_counter(); w.poll_once(); base = (time.perf_counter() - t0) * 1000
-    idle = []
+    idle, cpu0 = [], time.thread_time()
     for _ in range(300):
         t0 = time.perf_counter(); w.poll_once(); idle.append((time.perf_counter() - t0) * 1000)
+    cpu = (time.thread_time() - cpu0) / 300 * 1000
     busy, n = [], 0
     with Session(eng) as s:
         open_ids = [t.id for t in s.scalars(sa.select(Trade).where(Trade.status == "open"))]
@@ -61,10 +62,11 @@ def poll_cost(eng):
             t0 = time.perf_counter(); n += len(w.poll_once()); busy.append((time.perf_counter() - t0) * 1000)
     bus.stop()
     print(f"watcher poll, nothing new: median {stt.median(idle):.2f} ms, p95 {pct(idle, .95):.2f} ms "
-          f"over {len(idle)} polls (baseline at start {base:.1f} ms; 40 trades tracked)")
+          f"over {len(idle)} polls, CPU {cpu:.2f} ms per poll (baseline at start {base:.1f} ms; 40 trades tracked)")
     print(f"watcher poll, 1 new analysis (+1 trade closed in 20 of them) each: median {stt.median(busy):.2f} ms, "
           f"p95 {pct(busy, .95):.2f} ms over {len(busy)} polls, {n} events published")
-    print(f"  at the default interval (0.25 s) the watcher costs ~{stt.median(idle) / 250 * 100:.1f}% of one core")
+    print(f"  at the default interval (0.25 s) the watcher costs ~{cpu / 250 * 100:.1f}% of one core "
+          f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall times grow with it)")
 
 
 def latency(pub_bus, sub_bus, label, n=1000, gap=0.001):
