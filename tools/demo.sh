@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # make demo: the main job, offline, on embedded defaults (SQLite under data/, built-in simulator, technical analyzer).
-# 1. migrate the old bot's history, 2. report and backtest it, 3. trade a few cycles against the simulator through pybit.
+# 1. migrate the old bot's history, 2. report and backtest it, 3. start the desk (tradelab up) and trade a few cycles
+# against its simulator through pybit, 4. leave the desk running (Ctrl-C or DEMO_SECONDS=N stops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TL=.venv/bin/tradelab
 PY=.venv/bin/python
 PORT=${TRADELAB_DEMO_PORT:-8790}
+HEALTH_PORT=${TRADELAB_DEMO_HEALTH_PORT:-5006}
 unset DATABASE_URL REDIS_URL OPENAI_API_KEY BYBIT_API_KEY BYBIT_API_SECRET  # embedded defaults, whatever the shell has
 export TRADELAB_DATA_DIR=${TRADELAB_DATA_DIR:-data}
 mkdir -p "$TRADELAB_DATA_DIR"
@@ -31,20 +33,40 @@ $TL backtest --run demo --interval 15 --horizon 96
 $TL report calibration --run demo
 $TL report compare v1 v2-confluence --run demo
 
-step "trade: 3 cycles against the built-in Bybit V5 simulator on 127.0.0.1:$PORT, through pybit"
-$TL sim --port "$PORT" --speed 3600 > "$TRADELAB_DATA_DIR/sim.log" 2>&1 &
-SIM=$!
-trap 'kill $SIM 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  $PY -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/sim/health', timeout=1)" 2>/dev/null && break
-  kill -0 $SIM 2>/dev/null || { cat "$TRADELAB_DATA_DIR/sim.log"; exit 1; }
+DEMO_SETTINGS="$TRADELAB_DATA_DIR/demo-settings.ini"
+sed -E 's/^timeframes = .*/timeframes = 1/; s/^symbols = .*/symbols = BTCUSDT, ETHUSDT/' settings.ini > "$DEMO_SETTINGS"
+TLD="$TL --settings $DEMO_SETTINGS"
+HEALTH="http://127.0.0.1:$HEALTH_PORT/health"
+
+step "the desk: tradelab up (scheduler, live streams, events, /health) on the built-in simulator at 127.0.0.1:$PORT"
+# In a script (no terminal) the desk stops by itself after DEMO_SECONDS (default 120); at a terminal it runs until
+# Ctrl-C, or DEMO_SECONDS if set. The demo's settings ($DEMO_SETTINGS) trade BTCUSDT and ETHUSDT on 1-minute candles,
+# so a scheduled cycle runs every minute.
+if [ -z "${DEMO_SECONDS:-}" ] && [ ! -t 0 ]; then DEMO_SECONDS=120; fi
+$TLD up --port "$HEALTH_PORT" --sim-port "$PORT" --sim-speed 3600 ${DEMO_SECONDS:+--seconds "$DEMO_SECONDS"} \
+  > "$TRADELAB_DATA_DIR/desk.log" 2>&1 &
+UP=$!
+trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
+trap 'exit 130' INT TERM
+for _ in $(seq 1 300); do
+  $PY -c "import urllib.request; urllib.request.urlopen('$HEALTH', timeout=1)" 2>/dev/null && break
+  kill -0 $UP 2>/dev/null || { cat "$TRADELAB_DATA_DIR/desk.log"; exit 1; }
   sleep 0.2
 done
+head -n 5 "$TRADELAB_DATA_DIR/desk.log"
+
+step "trade: 3 cycles against the desk's simulator through pybit, as the scheduled pipeline runs them"
 export BYBIT_BASE_URL="http://127.0.0.1:$PORT"
-$TL run trading_cycle -p cycles 3 -p pause_seconds 2
+$TLD run trading_cycle -p cycles 3 -p pause_seconds 2 -p settings_path "$DEMO_SETTINGS"
 
 step "what the risk rules see now on the simulator, and its trades (statistics never mix venues)"
-$TL status
-$TL report performance --venue sim
+$TLD status
+$TLD report performance --venue sim
 
-step "done: open nbs/research/*.ipynb in JupyterLab (.venv/bin/jupyter lab) to look further; run records are under $TRADELAB_DATA_DIR/runs/"
+step "the desk keeps running: health $HEALTH, runs (tradelab runs, $TRADELAB_DATA_DIR/runs/), log $TRADELAB_DATA_DIR/desk.log"
+$PY -c "import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen('$HEALTH')), indent=1)[:1500])"
+echo "open nbs/research/*.ipynb in JupyterLab (.venv/bin/jupyter lab) to look further."
+echo "Ctrl-C stops the desk${DEMO_SECONDS:+; it stops by itself after ${DEMO_SECONDS}s}."
+wait $UP || true
+trap - EXIT
+tail -n 3 "$TRADELAB_DATA_DIR/desk.log"
