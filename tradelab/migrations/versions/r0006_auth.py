@@ -4,7 +4,7 @@
 __all__ = ['revision', 'down_revision', 'branch_labels', 'depends_on', 'ROLES', 'KINDS', 'OUTCOMES', 'NEW_TABLES', 'upgrade',
            'downgrade']
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #f44cdb62
+# %% ../../../nbs/migrations/0006_auth.ipynb #d7377bd8
 import sqlalchemy as sa
 from alembic import op
 import tradelab.core as core
@@ -15,13 +15,13 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #504aa8eb
+# %% ../../../nbs/migrations/0006_auth.ipynb #1a0147c7
 ROLES = ("viewer", "trader", "admin")
 KINDS, OUTCOMES = ("password", "totp"), ("ok", "failed", "throttled", "disabled")
 
 def _in(col, values) -> str: return f"{col} in ({', '.join(repr(v) for v in values)})"
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #ee90fca0
+# %% ../../../nbs/migrations/0006_auth.ipynb #6cff5989
 def _refuse_unknown_roles():
     "Stop, naming them, when users hold a role the CHECK would refuse."
     q = f"select role, count(*) from users where not ({_in('role', ROLES)}) group by role"
@@ -29,7 +29,7 @@ def _refuse_unknown_roles():
     if bad: raise core.TradelabError(f"users.role holds values outside {list(ROLES)}: {bad}; "
                                      "fix them, then upgrade again")
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #54c4cbfc
+# %% ../../../nbs/migrations/0006_auth.ipynb #bff8f209
 def _users_up():
     with op.batch_alter_table("users") as b:
         b.add_column(sa.Column("disabled", sa.Boolean(), server_default=sa.false(), nullable=False))
@@ -42,7 +42,7 @@ def _users_down():
         b.drop_constraint(op.f("ck_users_role"), type_="check")
         for c in ("totp_last_step", "totp_enabled", "disabled"): b.drop_column(c)
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #41dd97c2
+# %% ../../../nbs/migrations/0006_auth.ipynb #1ce08bd2
 def _user_sessions():
     op.create_table("user_sessions",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -58,7 +58,7 @@ def _user_sessions():
     op.create_index(op.f("ix_user_sessions_user_id"), "user_sessions", ["user_id"], unique=False)
     op.create_index(op.f("ix_user_sessions_expires_at"), "user_sessions", ["expires_at"], unique=False)
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #b470c8aa
+# %% ../../../nbs/migrations/0006_auth.ipynb #efeae331
 def _api_keys():
     op.create_table("api_keys",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -74,7 +74,7 @@ def _api_keys():
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")))
     op.create_index(op.f("ix_api_keys_user_id"), "api_keys", ["user_id"], unique=False)
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #abef080c
+# %% ../../../nbs/migrations/0006_auth.ipynb #1b837554
 def _login_attempts():
     op.create_table("login_attempts",
         sa.Column("id", r0001._bigid(), nullable=False),
@@ -89,7 +89,7 @@ def _login_attempts():
     for cols in (["name", "at"], ["address", "at"], ["at"]):
         op.create_index(op.f(f"ix_login_attempts_{'_'.join(cols)}"), "login_attempts", cols, unique=False)
 
-# %% ../../../nbs/migrations/0006_auth.ipynb #8f9bf237
+# %% ../../../nbs/migrations/0006_auth.ipynb #aac345be
 NEW_TABLES = ("user_sessions", "api_keys", "login_attempts")
 
 def upgrade():
