@@ -57,7 +57,7 @@ head -n 5 "$TRADELAB_DATA_DIR/desk.log"
 
 step "trade: 3 cycles against the desk's simulator through pybit, as the scheduled pipeline runs them"
 export BYBIT_BASE_URL="http://127.0.0.1:$PORT"
-$TLD run trading_cycle -p cycles 3 -p pause_seconds 2 -p settings_path "$DEMO_SETTINGS"
+$TLD run trading_cycle --wait 600 -p cycles 3 -p pause_seconds 2 -p settings_path "$DEMO_SETTINGS"
 
 step "what the risk rules see now on the simulator, and its trades (statistics never mix venues)"
 $TLD status
