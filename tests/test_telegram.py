@@ -182,6 +182,14 @@ def test_halt_then_resume_flip_the_kill_switch_and_are_audited(make_bot, fake):
                     ("resume", "kill_switch"), ("telegram.command", "resume")]
 
 
+def test_editing_an_old_command_does_not_run_it_again(make_bot, fake):
+    bot = make_bot(chats=(CHAT,))
+    fake.send_update(CHAT, "/halt", edited=True)
+    assert ask(fake, CHAT, "/help").startswith("/status")  # the edit came before, and was not taken
+    assert not killswitch.is_halted(bot.desk.engine)
+    assert [a[2] for a in audits(bot.desk.engine) if a[1] == "telegram.command"] == ["help"]
+
+
 def test_a_command_from_an_unknown_chat_is_ignored_and_audited(make_bot, fake):
     bot = make_bot()
     fake.send_update(STRANGER, "/halt")
