@@ -103,7 +103,8 @@ class Scheduler:
                  root: Path | None = None, settings_path: str | None = None, poll: float = 1.0,
                  run_timeout: float = 3600, cwd: Path | None = None):
         self.engine, self.settings_fn, self.clock = engine, settings_fn, clock or SystemClock()
-        self.env, self.root, self.settings_path = dict(os.environ if env is None else env), root, settings_path
+        self.env, self.root = dict(os.environ if env is None else env), root
+        self.settings_path = str(Path(settings_path).resolve()) if settings_path else None  # runs may start elsewhere
         self.poll, self.run_timeout, self.cwd = poll, run_timeout, Path(cwd or Path.cwd())
         self.host, self.token = f"{socket.gethostname()}:{os.getpid()}", uuid.uuid4().hex
         self._done, self._queue, self._children = {}, collections.deque(), {}
@@ -371,7 +372,7 @@ def _loop(self: Scheduler):
         try: self.tick(); self._error = None
         except Exception as e:
             log.exception("scheduler tick failed"); self._error = f"{type(e).__name__}: {e}"[:300]
-        wait = self.poll if self._next is None else (self._next - self.clock.now()).total_seconds()
+        wait = self.poll if self._next is None or self._error else (self._next - self.clock.now()).total_seconds()
         self._wake.wait(min(max(wait, 0.005), self.poll)); self._wake.clear()
 
 @patch
