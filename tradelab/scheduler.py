@@ -183,16 +183,17 @@ def _spawn(self: Scheduler, run_id: int, slot: Slot) -> Child:
                                 cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     threading.Thread(target=lambda: (proc.wait(), self._wake.set()), daemon=True, name=f"run-{run_id}").start()
-    self._record_jitter(slot, "started")
-    log.info("run %s (%s) started: pid %s, log %s", run_id, slot.key, proc.pid, path,
-             extra={"run_id": run_id, "pipeline": slot.pipeline})
+    late = self._record_jitter(slot, "started")
+    log.info("run %s (%s) started %.0f ms after its slot: pid %s, log %s", run_id, slot.key, late * 1000, proc.pid,
+             path, extra={"run_id": run_id, "pipeline": slot.pipeline, "jitter_ms": round(late * 1000, 1)})
     return Child(run_id, slot, proc, path, time.monotonic())
 
 @patch
-def _record_jitter(self: Scheduler, slot: Slot, outcome: str):
-    "Keep (key, outcome, seconds after due, on the clock now) of a decision: the scheduler's jitter."
+def _record_jitter(self: Scheduler, slot: Slot, outcome: str) -> float:
+    "Keep (key, outcome, seconds after due, on the clock now) of a decision: the scheduler's jitter; returns it."
     late = (self.clock.now() - slot.due).total_seconds()
     self._jitter.append({"key": slot.key, "outcome": outcome, "jitter_s": late})
+    return late
 
 # %% ../nbs/82_scheduler.ipynb #e3e85293
 @patch
