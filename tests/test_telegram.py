@@ -226,6 +226,8 @@ def test_the_daily_summary_is_sent_to_every_chat(make_bot, fake, port):
     text = bot.send_daily_summary()
     assert text.startswith("Daily summary ") and "Last 24 h: 0 trades closed" in text
     assert texts(fake, CHAT) == [text] and texts(fake, OTHER) == [text]
+    assert bot.send_daily_summary(wait=False) is None  # from a bus subscriber: done on the bot's thread
+    assert wait(lambda: len(texts(fake, CHAT)) == 2 and len(texts(fake, OTHER)) == 2)
 
 
 def test_the_bot_token_never_appears_in_the_logs(make_bot, bus, fake, caplog):
