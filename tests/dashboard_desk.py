@@ -1,7 +1,7 @@
 """A small desk for the dashboard's tests and bench: the real tradelab.desk.Desk with a hand-picked set of parts
 (bus, the simulator in a thread, the database watcher), a migrated SQLite store, users of each role, and the
 dashboard served on a loopback port from its own Tornado loop in a thread, as `tradelab up` does on its main one."""
-import asyncio, threading
+import asyncio, threading, time
 from decimal import Decimal
 from pathlib import Path
 
@@ -61,9 +61,16 @@ def open_position(desk, symbol="BTCUSDT", side="Buy", qty="0.01", price=None) ->
         s.add(t); s.flush(); tid = t.id
     place_idempotent(desk.engine, desk.port, OrderRequest(symbol, side, Decimal(qty), "Market",
                      order_link_id=f"t{tid}-open"), desk.venue, trade_id=tid, clock=desk.clock)
-    reconcile(desk.engine, desk.port, desk.venue, desk.clock); sync_trades(desk.engine, desk.port, desk.venue,
-                                                                          desk.clock)
-    return tid
+    if desk.part("streams") is None:
+        reconcile(desk.engine, desk.port, desk.venue, desk.clock)
+        sync_trades(desk.engine, desk.port, desk.venue, desk.clock)
+        return tid
+    deadline = time.monotonic() + 20  # the private stream records the fill and opens the trade by itself
+    while time.monotonic() < deadline:
+        with Session(desk.engine) as s:
+            if s.get(Trade, tid).status == "open": return tid
+        time.sleep(0.1)
+    raise AssertionError(f"trade {tid} did not open from the stream's fill within 20 s")
 
 
 class Served:
