@@ -39,12 +39,11 @@ TLD="$TL --settings $DEMO_SETTINGS"
 HEALTH="http://127.0.0.1:$HEALTH_PORT/health"
 
 step "the desk: tradelab up (scheduler, live streams, events, /health) on the built-in simulator at 127.0.0.1:$PORT"
-# In a script (no terminal) the desk stops by itself after DEMO_SECONDS (default 120); at a terminal it runs until
-# Ctrl-C, or DEMO_SECONDS if set. The demo's settings ($DEMO_SETTINGS) trade BTCUSDT and ETHUSDT on 1-minute candles,
+# In a script (no terminal) the desk stops by itself DEMO_SECONDS (default 120) after the story; at a terminal it
+# runs until Ctrl-C, or DEMO_SECONDS if set. The demo's settings ($DEMO_SETTINGS) trade BTCUSDT and ETHUSDT on 1-minute candles,
 # so a scheduled cycle runs every minute.
 if [ -z "${DEMO_SECONDS:-}" ] && [ ! -t 0 ]; then DEMO_SECONDS=120; fi
-$TLD up --port "$HEALTH_PORT" --sim-port "$PORT" --sim-speed 3600 ${DEMO_SECONDS:+--seconds "$DEMO_SECONDS"} \
-  > "$TRADELAB_DATA_DIR/desk.log" 2>&1 &
+$TLD up --port "$HEALTH_PORT" --sim-port "$PORT" --sim-speed 3600 > "$TRADELAB_DATA_DIR/desk.log" 2>&1 &
 UP=$!
 trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
 trap 'exit 130' INT TERM
@@ -64,9 +63,17 @@ $TLD status
 $TLD report performance --venue sim
 
 step "the desk keeps running: health $HEALTH, runs (tradelab runs, $TRADELAB_DATA_DIR/runs/), log $TRADELAB_DATA_DIR/desk.log"
-$PY -c "import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen('$HEALTH')), indent=1)[:1500])"
+$PY - "$HEALTH" <<'PY'
+import json, sys, urllib.request
+h = json.load(urllib.request.urlopen(sys.argv[1]))
+last = {k: (v or {}).get("status") for k, v in h["scheduler"].get("last", {}).items()}
+print(f"health: ok={h['ok']} down={h['down']} venue={h['venue']} database={h['database']['ok']} "
+      f"exchange={h['exchange']['ok']} streams lag={h.get('streams', {}).get('lag_s')}s "
+      f"halted={h['kill_switch'].get('halted')}\nlast runs {last}; next run {h['scheduler'].get('next_run')}")
+PY
 echo "open nbs/research/*.ipynb in JupyterLab (.venv/bin/jupyter lab) to look further."
 echo "Ctrl-C stops the desk${DEMO_SECONDS:+; it stops by itself after ${DEMO_SECONDS}s}."
+if [ -n "${DEMO_SECONDS:-}" ]; then (sleep "$DEMO_SECONDS"; kill -INT $UP 2>/dev/null) & fi
 wait $UP || true
 trap - EXIT
 tail -n 3 "$TRADELAB_DATA_DIR/desk.log"
