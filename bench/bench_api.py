@@ -67,11 +67,11 @@ def serve(url: str):
     sim.stop(); eng.dispose()
 
 
-def client(url, key, seconds, period, out, start, offset):
-    "GET the paths in turn for `seconds`: one request every `period` seconds (0: back-to-back)."
+def client(url, key, seconds, period, out, start, offset, first):
+    "GET the paths in turn (from the `first`) for `seconds`: one request every `period` seconds (0: back-to-back)."
     s = requests.Session(); s.headers["Authorization"] = f"Bearer {key}"
     start.wait(); time.sleep(offset)
-    t_end, i, nxt = time.monotonic() + seconds, 0, time.monotonic()
+    t_end, i, nxt = time.monotonic() + seconds, first, time.monotonic()
     while time.monotonic() < t_end:
         path = PATHS[i % len(PATHS)]; i += 1
         t = time.perf_counter(); r = s.get(url + path, timeout=60)
@@ -81,9 +81,10 @@ def client(url, key, seconds, period, out, start, offset):
 
 
 def run(title, url, keys, period):
-    out, start = [], threading.Event()
-    offsets = [period * i / len(keys) for i in range(len(keys))]  # polling clients spread over the second
-    ts = [threading.Thread(target=client, args=(url, k, SECONDS, period, out, start, o)) for k, o in zip(keys, offsets)]
+    for p in PATHS: requests.get(url + p, headers={"Authorization": f"Bearer {keys[0]}"}, timeout=60)  # warm
+    out, start, n = [], threading.Event(), len(keys)
+    ts = [threading.Thread(target=client, args=(url, k, SECONDS, period, out, start, period * i / n, i))
+          for i, k in enumerate(keys)]  # polling clients spread over the second, each starting on another path
     for th in ts: th.start()
     t = time.perf_counter(); start.set()
     for th in ts: th.join()
@@ -118,8 +119,6 @@ def main():
                                  stdout=subprocess.PIPE, text=True, cwd=ROOT)
         try:
             cached, uncached = (u + "/api/v1" for u in child.stdout.readline().split())
-            for base in (cached, uncached):
-                for p in PATHS: requests.get(base + p, headers={"Authorization": f"Bearer {keys[0]}"}, timeout=60)
             run("polling once a second, read cache 0.5 s", cached, keys, 1.0)
             run("polling once a second, no read cache", uncached, keys, 1.0)
             run("back-to-back, read cache 0.5 s", cached, keys, 0)

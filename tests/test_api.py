@@ -1,5 +1,5 @@
 """The JSON API over real HTTP: Tornado on a free port, the desk's service layer on SQLite and the simulator."""
-import io, json
+import io, json, time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -274,6 +274,19 @@ def test_a_key_over_its_rate_is_refused_with_retry_after_and_other_keys_are_not(
         srv.stop()
     refused = [a[3] for a in audits(desk.engine, action="api.get_trades")]  # a run of refusals: one row
     assert [(a["status"], a["key"]) for a in refused] == [(429, desk.keys["tia"][:10])]
+
+
+def test_a_revoked_key_stops_working_once_its_remembered_user_expires(desk):
+    srv = serve_in_thread(api_routes(desk, key_seconds=0.2))
+    try:
+        api = SimpleNamespace(url=srv.url + V1, desk=desk)
+        assert call(api, "GET", "/trades", "tia").status_code == 200
+        assert auth.revoke_api_key(desk.engine, "tia", desk.keys["tia"][:10], "ann") == 1
+        deadline = time.monotonic() + 10
+        while call(api, "GET", "/trades", "tia").status_code == 200 and time.monotonic() < deadline: time.sleep(0.05)
+        assert call(api, "GET", "/trades", "tia").status_code == 401
+    finally:
+        srv.stop()
 
 
 def test_the_openapi_document_lists_every_route_and_the_replies_match_it(api):
