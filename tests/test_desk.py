@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tradelab.auth import add_user, create_api_key
+
 ROOT = Path(__file__).resolve().parents[1]
 TL = str(Path(sys.executable).with_name("tradelab"))
 
@@ -73,7 +75,8 @@ def _stop(proc, tmp_path):
     return time.monotonic() - t0
 
 
-def test_up_serves_health_runs_the_due_cycle_and_stops_on_sigterm_leaving_no_child(tmp_path, data_dir, settings_1m):
+def test_up_serves_health_and_the_api_runs_the_due_cycle_and_stops_on_sigterm_leaving_no_child(tmp_path, data_dir,
+                                                                                             settings_1m):
     proc, port = _up(tmp_path, data_dir, settings_1m)
     try:
         code, body = _wait(lambda: _health(port)[0] and _health(port), 120, "/health answers")
@@ -81,6 +84,12 @@ def test_up_serves_health_runs_the_due_cycle_and_stops_on_sigterm_leaving_no_chi
         assert body["database"]["ok"] and body["exchange"]["ok"] and body["scheduler"]["ok"], body
         assert body["kill_switch"]["halted"] is False and body["venue"] == "sim"
         eng = sa.create_engine(f"sqlite:///{data_dir / 'tradelab.db'}")
+        add_user(eng, "ops", "a long enough password", "viewer", "test")
+        key, url = create_api_key(eng, "ops", "test", "test"), f"http://127.0.0.1:{port}/api/v1/status"
+        with pytest.raises(urllib.error.HTTPError) as no_key: urllib.request.urlopen(url, timeout=10)
+        assert no_key.value.code == 401
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=30) as r: assert json.load(r)["venue"] == "sim"
         q = "select status, run_key from pipeline_runs where pipeline = 'trading_cycle' and run_key is not null " \
             "order by id limit 1"
         def done():
