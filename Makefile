@@ -60,4 +60,7 @@ bench: install services
 demo: install
 	bash tools/demo.sh
 
-.PHONY: help install export check-notebooks services chromium lint docs test bench demo
+soak: install
+	TRADELAB_SOAK=full $(BIN)/python tools/soak.py
+
+.PHONY: help install export check-notebooks services chromium lint docs test bench demo soak
