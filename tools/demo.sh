@@ -52,7 +52,14 @@ for _ in $(seq 1 300); do
   kill -0 $UP 2>/dev/null || { cat "$TRADELAB_DATA_DIR/desk.log"; exit 1; }
   sleep 0.2
 done
-head -n 5 "$TRADELAB_DATA_DIR/desk.log"
+grep -v " INFO " "$TRADELAB_DATA_DIR/desk.log" | head -n 6
+
+if [ "$($TL users list --json)" = "[]" ]; then
+  step "the dashboard's first user: admin"
+  $PY -c "import secrets; print(secrets.token_urlsafe(24))" | $TL users add admin --role admin
+  OTP=$($TL users reset admin | tail -n 1)
+  echo "log in at http://127.0.0.1:$HEALTH_PORT/desk as admin with the one-time password $OTP (shown once)"
+fi
 
 step "trade: 3 cycles against the desk's simulator through pybit, as the scheduled pipeline runs them"
 export BYBIT_BASE_URL="http://127.0.0.1:$PORT"
@@ -62,7 +69,7 @@ step "what the risk rules see now on the simulator, and its trades (statistics n
 $TLD status
 $TLD report performance --venue sim
 
-step "the desk keeps running: health $HEALTH, runs (tradelab runs, $TRADELAB_DATA_DIR/runs/), log $TRADELAB_DATA_DIR/desk.log"
+step "the desk keeps running: dashboard http://127.0.0.1:$HEALTH_PORT/desk, health $HEALTH, API /api/v1/, runs (tradelab runs)"
 $PY - "$HEALTH" <<'PY'
 import json, sys, urllib.request
 h = json.load(urllib.request.urlopen(sys.argv[1]))
@@ -71,7 +78,7 @@ print(f"health: ok={h['ok']} down={h['down']} venue={h['venue']} database={h['da
       f"exchange={h['exchange']['ok']} streams lag={h.get('streams', {}).get('lag_s')}s "
       f"halted={h['kill_switch'].get('halted')}\nlast runs {last}; next run {h['scheduler'].get('next_run')}")
 PY
-echo "open nbs/research/*.ipynb in JupyterLab (.venv/bin/jupyter lab) to look further."
+echo "its log: $TRADELAB_DATA_DIR/desk.log; open nbs/research/*.ipynb in JupyterLab (.venv/bin/jupyter lab) to look further."
 echo "Ctrl-C stops the desk${DEMO_SECONDS:+; it stops by itself after ${DEMO_SECONDS}s}."
 if [ -n "${DEMO_SECONDS:-}" ]; then (sleep "$DEMO_SECONDS"; kill -INT $UP 2>/dev/null) & fi
 wait $UP || true
