@@ -8,7 +8,8 @@ import json, re, subprocess, sys
 from pathlib import Path
 
 PAGES = {"rest_market_time": "market/time", "rest_instruments_info": "market/instrument",
-         "rest_tickers": "market/tickers", "rest_kline": "market/kline", "rest_wallet_balance": "account/wallet-balance",
+         "rest_tickers": "market/tickers", "rest_kline": "market/kline",
+         "rest_wallet_balance": "account/wallet-balance",
          "rest_order_create": "order/create-order", "rest_order_cancel": "order/cancel-order",
          "rest_order_realtime": "order/open-order", "rest_order_history": "order/order-list",
          "rest_execution_list": "order/execution", "rest_closed_pnl": "position/close-pnl",
