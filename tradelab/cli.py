@@ -68,6 +68,7 @@ PLUGINS = {
     "replay": ("tradelab.commands_analysis", "re-run a prompt over past charts (no look-ahead) for backtesting"),
     "up": ("tradelab.server", "scheduler + dashboard (+ simulator when no exchange keys)"),
     "users": ("tradelab.commands_users", "manage dashboard users, their roles, TOTP and API keys"),
+    "candles": ("tradelab.commands_candles", "fill the Parquet candle cache from Bybit's public klines"),
 }
 
 # %% ../nbs/90_cli.ipynb #03f9a1ae
