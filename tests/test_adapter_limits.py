@@ -98,7 +98,8 @@ def test_an_order_beyond_the_500_window_resolves_as_filled_from_executions_never
                               "sim", clock=clock)
     assert filled.status == "accepted"  # the acknowledgement says no more
     with Session(sqlite_engine) as s, s.begin():  # and one we hold as accepted that the exchange cancelled unfilled
-        o = intent(OrderRequest("BTCUSDT", "Buy", D("0.001"), "Limit", D("10000"), order_link_id="old-2"), "sim", clock=clock)
+        req = OrderRequest("BTCUSDT", "Buy", D("0.001"), "Limit", D("10000"), order_link_id="old-2")
+        o = intent(req, "sim", clock=clock)
         o.status = "accepted"; s.add(o)
     sim.call(lambda: (sim.sim.engine.place({"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit",
                                             "qty": "0.001", "price": "10000", "orderLinkId": "old-2"}),
