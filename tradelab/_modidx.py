@@ -42,6 +42,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'tradelab.analyzer._context': ('analyzer.html#_context', 'tradelab/analyzer.py'),
                                    'tradelab.analyzer._judge': ('analyzer.html#_judge', 'tradelab/analyzer.py'),
                                    'tradelab.analyzer._level_problems': ('analyzer.html#_level_problems', 'tradelab/analyzer.py'),
+                                   'tradelab.analyzer._loads': ('analyzer.html#_loads', 'tradelab/analyzer.py'),
                                    'tradelab.analyzer._logged': ('analyzer.html#_logged', 'tradelab/analyzer.py'),
                                    'tradelab.analyzer._messages': ('analyzer.html#_messages', 'tradelab/analyzer.py'),
                                    'tradelab.analyzer._percent': ('analyzer.html#_percent', 'tradelab/analyzer.py'),

@@ -9,7 +9,7 @@ from typing import Literal
 import pandas as pd
 import sqlalchemy as sa
 from fastcore.basics import patch
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 from .core import D, TradelabError, SystemClock, data_dir, dumps
 from .db import Analysis
@@ -36,7 +36,7 @@ class Contract(BaseModel):
     reasoning: str = ""
     key_levels: list[Decimal] = []
     time_horizon: Literal["scalp", "day", "swing"] | None = None
-    risk_reward_ratio: Decimal | None = None
+    risk_reward_ratio: Decimal | None = Field(None, ge=0, le=1000)  # informational, but stored: a sane range
     market_conditions: Literal["trending", "ranging", "volatile"] | None = None
 
     @field_validator("recommendation", mode="before")
@@ -45,16 +45,24 @@ class Contract(BaseModel):
 
 # %% ../nbs/43_analyzer.ipynb #8bb0c878
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(\{.*?\})\s*```", re.S)
+_THINK = re.compile(r"<think>.*?</think>", re.S)  # a reasoning model's thinking: drafts there are not the answer
+
+def _loads(t: str, what: str):
+    "json.loads, with a number too long to read (Python's digit limit) reported like bad JSON."
+    try: return json.loads(t)
+    except json.JSONDecodeError: raise
+    except ValueError as e: raise AnswerError(f"{what} has a number that cannot be read ({e})") from None
 
 def parse_answer(text: str | None) -> dict:
-    "The JSON object in a model's answer: the whole text, or the first fenced ```json block."
+    "The JSON object in a model's answer (after any <think> block): the whole text, or the first fenced ```json block."
     if not text or not text.strip(): raise AnswerError("empty answer")
-    t = text.strip()
-    try: obj = json.loads(t)
+    t = _THINK.sub("", text).strip()
+    if "<think>" in t: raise AnswerError("answer stops inside an unclosed <think> block")
+    try: obj = _loads(t, "answer")
     except json.JSONDecodeError:
         m = _FENCE.search(t)
         if not m: raise AnswerError(f"answer is not JSON: {t[:80]!r}") from None
-        try: obj = json.loads(m.group(1))
+        try: obj = _loads(m.group(1), "fenced answer")
         except json.JSONDecodeError as e: raise AnswerError(f"fenced answer is not valid JSON ({e.msg})") from None
     if not isinstance(obj, dict): raise AnswerError("answer is JSON but not an object")
     return obj
@@ -66,7 +74,7 @@ def _percent(obj: dict, notes: list) -> dict:
     if isinstance(c, (int, float, str)) and not isinstance(c, bool):
         try: cv = D(str(c).rstrip("%"))
         except TradelabError: return obj
-        if 1 < cv <= 100:
+        if cv.is_finite() and 1 < cv <= 100:  # NaN cannot be compared; validation refuses it below
             notes.append(f"confidence {c} read as a percent"); return {**obj, "confidence": cv / 100}
     return obj
 
