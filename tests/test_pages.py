@@ -256,3 +256,32 @@ def test_user_admin_actions_go_through_auth_and_refusals_are_shown_and_audited(c
     ua.who.value = "admin1"; ua.buttons["Disable"].clicks += 1
     assert ua.message.alert_type == "danger" and "last enabled admin" in ua.message.object
     assert service.audit_entries(c.desk.engine, 1, actor="admin1")[0]["action"] == "user.disable.refused"
+
+
+def test_a_new_analysis_or_run_reaches_the_open_pages_through_the_live_store(ctx, sqlite_engine):
+    from tradelab.events import Event
+    from tradelab.live import LiveStore
+    c = ctx("viewer")
+    c.live = live = LiveStore()
+    feed, runs = pages.analyses_page(c), pages.runs_page(c)
+    assert live.watchers == 2
+    d = c.desk
+    service.analyze_request(sqlite_engine, d.env, d.settings(), d.clock, "desk", "technical@1", symbol="SOLUSDT",
+                            timeframe="60")
+    with Session(sqlite_engine) as s, s.begin(): s.add(PipelineRun(pipeline="trading_cycle", status="running"))
+    live.take(Event("analysis.stored", {"id": 6})); live.take(Event("run.started", {"pipeline": "trading_cycle"}))
+    assert feed.select(pn.Card)[0].title.startswith("#6 SOLUSDT")
+    assert runs.select(pn.widgets.Tabulator)[0].value["pipeline"].tolist() == ["trading_cycle", "daily_report"]
+
+
+def test_analyse_now_refuses_an_image_over_the_size_limit_and_escapes_the_file_name(ctx, sqlite_engine):
+    from tradelab.charts import render_chart
+    c = ctx("trader")
+    service.config_set(sqlite_engine, "analysis.max_image_bytes", 2000, "setup", c.desk.settings_path, c.desk.clock)
+    form = pages.AnalyseNow(c)
+    png = render_chart(service.moment_candles("BTCUSDT", "60", "2024-06-01T12:00:00Z", 60), "BTCUSDT", "60")
+    form.upload.value, form.upload.filename = png, "<img src=x onerror=alert(1)>.png"
+    form.button.clicks += 1
+    assert form.message.alert_type == "danger" and "over the 2,000-byte limit" in form.message.object
+    assert "<img" not in form.message.object and "&lt;img" in form.message.object
+    assert service.analysis_feed(sqlite_engine, limit=0)["total"] == 5
