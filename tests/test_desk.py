@@ -110,7 +110,8 @@ def test_up_serves_health_and_the_api_runs_the_due_cycle_and_stops_on_sigterm_le
 
 def test_health_says_503_and_names_the_exchange_when_it_is_down_and_the_desk_keeps_going(tmp_path, data_dir,
                                                                                         settings_1m):
-    proc, port = _up(tmp_path, data_dir, settings_1m, env={"BYBIT_BASE_URL": f"http://127.0.0.1:{_free_port()}"})
+    proc, port = _up(tmp_path, data_dir, settings_1m, "--no-dashboard",
+                     env={"BYBIT_BASE_URL": f"http://127.0.0.1:{_free_port()}"})
     try:
         code, body = _wait(lambda: _health(port)[0] and _health(port), 120, "/health answers")
         assert code == 503 and "exchange" in body["down"] and body["database"]["ok"], body
@@ -122,7 +123,8 @@ def test_health_says_503_and_names_the_exchange_when_it_is_down_and_the_desk_kee
 
 def test_with_redis_unreachable_events_fall_back_to_in_process_and_health_reports_it(tmp_path, data_dir,
                                                                                      settings_1m):
-    proc, port = _up(tmp_path, data_dir, settings_1m, env={"REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"})
+    proc, port = _up(tmp_path, data_dir, settings_1m, "--no-dashboard",
+                     env={"REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"})
     try:
         code, body = _wait(lambda: _health(port)[0] and _health(port), 120, "/health answers")
         assert body["bus"]["ok"] is False and body["bus"].get("mode") == "in-process", body
