@@ -145,6 +145,13 @@ def test_the_fields_that_mean_something_are_filled_from_the_engine(account):
     assert (t["openInterest"], t["fundingIntervalHour"]) == ("0.001", "8") and int(t["nextFundingTime"]) > 0
     x = s.get_executions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
     assert (x["markPrice"], x["orderPrice"], x["leavesQty"]) == ("60000", "0", "0")
+    tp = p["takeProfit"]
+    h.set_price("BTCUSDT", tp)  # the take profit triggers: the exchange's closing order says by what, and where
+    try:
+        o = s.get_order_history(category="linear", symbol="BTCUSDT", limit=1)["result"]["list"][0]
+        assert (o["stopOrderType"], o["createType"], o["triggerPrice"], o["triggerBy"]) == (
+            "TakeProfit", "CreateByTakeProfit", tp, "LastPrice")
+    finally: h.set_price("BTCUSDT", "60000")
 
 
 def test_every_topic_pushes_every_field_of_bybits_stream_example(account):
