@@ -224,7 +224,7 @@ def stream_soak(engine, drops: int, lo: float, hi: float, seed: int = 3) -> dict
 
 
 def test_order_intents_under_timeouts_5xx_10002_and_10006_end_as_one_exchange_order_or_one_rejection(sqlite_engine):
-    out = order_soak(sqlite_engine, 1000 if FULL else 100)
+    out = order_soak(sqlite_engine, 1000 if FULL else 100, after_5xx=0.05 if FULL else 0.1)
     inj = out["injected"]
     assert inj["timeout_after_commit"] and inj["5xx_before_commit"] and inj["5xx_after_commit"] and inj["10006"], out
     assert inj["10002"] and out["resyncs"] >= inj["10002"], out
