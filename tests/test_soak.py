@@ -189,7 +189,9 @@ def _flat_order(engine, port, i: int, sym: str, side: str, tag: str):
 def stream_soak(engine, drops: int, lo: float, hi: float, seed: int = 3) -> dict:
     """Fills before, during and after `drops` socket drops of lo..hi s: every execution recorded once by the stream."""
     t0, rng = time.monotonic(), random.Random(seed)
-    sim = start_in_thread(tick_seconds=0.1, rate_limits=LIMITS)
+    faults = Faults(seed=seed)
+    if hasattr(faults, "ws_duplicate"): faults.ws_duplicate = 0.2  # the exchange pushes some messages twice
+    sim = start_in_thread(tick_seconds=0.1, rate_limits=LIMITS, faults=faults)
     for s in ("BTCUSDT", "ETHUSDT"): sim.set_price(s, PRICES[s])
     port = BybitPort(make_http("testnet", DEFAULT_KEY, DEFAULT_SECRET, sim.url, timeout=5), "sim", backoff=0.01)
     live = Streams(engine, port, "sim", ["BTCUSDT", "ETHUSDT"], base_url=sim.url, api_key=DEFAULT_KEY,
@@ -208,6 +210,7 @@ def stream_soak(engine, drops: int, lo: float, hi: float, seed: int = 3) -> dict
             assert until(lambda: live.state()["ok"], secs + 60), live.state()
             outages.append(time.monotonic() - gone)
             _flat_order(engine, port, k, sym, "Sell", "drop"); k += 1  # pushed on the new socket
+            sim.call(lambda: sim.sim._on_event("execution", [dict(sim.engine.execs[-2])]))  # an old one, again
         execs = sim.call(lambda: [(x["execId"], x["orderLinkId"]) for x in sim.engine.execs])
         until(lambda: len(_db(engine)[1]) >= len(execs), 30)
         orders, fills = _db(engine)
@@ -216,6 +219,7 @@ def stream_soak(engine, drops: int, lo: float, hi: float, seed: int = 3) -> dict
         return {"drops": drops, "drop_seconds": f"{lo:g}-{hi:g}", "orders": k, "executions": len(execs),
                 "fills_missed": len({e for e, _ in execs} - set(fills)),
                 "fills_applied_twice": len(fills) - len(set(fills)) + len(overfilled),
+                "pushed_twice": sim.sim.stats.get("ws_duplicated", "n/a"), "repushed_after_reconnect": drops,
                 "pushed": live.counts["fills"], "reconnects": live.counts["reconnects"],
                 "resyncs": live.counts["resyncs"], "longest_outage_s": round(max(outages, default=0), 1),
                 "seconds": round(time.monotonic() - t0, 1)}
