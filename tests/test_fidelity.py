@@ -294,3 +294,25 @@ def test_on_demand_a_fill_is_pushed_twice_and_the_sockets_drop():
         assert requests.post(h.url + "/sim/faults", json={"drop_sockets": 0.5}).json()["dropped_sockets"] == 1
         assert h.sim.stats["ws_disconnects"] == 1 and h.sim.stats["ws_duplicated"] >= 1
     finally: w.exit(); h.stop()
+
+
+def test_lists_page_by_cursor_and_with_time_windows_answer_7_days_at_a_time():
+    clock = ManualClock("2024-06-01T12:00:00Z")
+    h = start_in_thread(tick_seconds=3600, engine=Engine(clock=clock), market=Market(clock=clock), time_windows=True)
+    try:
+        h.set_price("BTCUSDT", "60000"); s = http(h)
+        churn(h, 6)
+        ids, cursor = [], ""
+        while True:  # pybit's own cursor walk: 2 a page
+            page = s.get_executions(category="linear", limit=2, cursor=cursor)["result"]
+            ids += [x["execId"] for x in page["list"]]
+            if not (cursor := page["nextPageCursor"]): break
+        assert len(ids) == len(set(ids)) == 6
+        start = clock.ms() - 1
+        h.call(clock.advance, 8 * 24 * 3600)
+        assert s.get_executions(category="linear")["result"]["list"] == []  # the last 7 days: nothing
+        assert len(s.get_executions(category="linear", startTime=start)["result"]["list"]) == 6  # 7 days from then
+        with pytest.raises(InvalidRequestError) as e:
+            s.get_closed_pnl(category="linear", startTime=start, endTime=clock.ms())
+        assert e.value.status_code == 10001  # more than 7 days apart
+    finally: h.stop()
