@@ -2,6 +2,7 @@
 headers, recovers a stale clock, stops on an IP ban, never sends an order twice, and reconciles what Bybit forgot."""
 import datetime as dt
 import json
+import logging
 
 import pytest
 import sqlalchemy as sa
@@ -116,3 +117,36 @@ def test_an_order_beyond_the_500_window_resolves_as_filled_from_executions_never
     assert got["old-1"] == ("filled", None, D("0.001"))
     assert got["old-2"][:2] == ("accepted", ABSENT)  # not found is not cancelled: left for a person, with the reason
     assert reconcile(sqlite_engine, port, "sim", clock).get("absent_unknown") == 1
+
+
+def test_a_fill_the_stream_records_during_a_rest_ingest_or_before_the_acknowledgement_is_kept_once(sqlite_engine,
+                                                                                                     caplog):
+    caplog.set_level(logging.INFO, logger="tradelab.orders")
+    from tradelab.orders import ingest_executions
+    from tradelab.paper import synthetic_port
+    from tradelab.streams import record_execution
+    port = synthetic_port(ManualClock("2024-06-01T07:00:00Z"), venue="sim")
+    class StreamFirst:  # the private stream records the fill before place_order's answer is handled
+        def __getattr__(self, k): return getattr(port, k)
+        def place_order(self, req):
+            oid = port.place_order(req)
+            for x in port.executions(): record_execution(sqlite_engine, x, "sim")
+            return oid
+    o = place_idempotent(sqlite_engine, StreamFirst(), OrderRequest("BTCUSDT", "Buy", D("0.001"),
+                                                                    order_link_id="race-1"), "sim")
+    assert o.status == "filled"  # the late acknowledgement did not set it back to accepted
+    place_idempotent(sqlite_engine, port, OrderRequest("BTCUSDT", "Buy", D("0.001"), order_link_id="race-2"), "sim")
+    x2 = port.executions()[-1]
+    raced = []
+    def stream_writes_first(conn, cursor, statement, *a):
+        if statement.startswith("INSERT INTO fills") and not raced:
+            raced.append(None)
+            raced[0] = record_execution(sqlite_engine, x2, "sim")  # another connection, committed first
+    sa.event.listen(sqlite_engine, "before_cursor_execute", stream_writes_first)
+    try: ingest_executions(sqlite_engine, port, "sim")
+    finally: sa.event.remove(sqlite_engine, "before_cursor_execute", stream_writes_first)
+    with Session(sqlite_engine) as s:
+        from tradelab.db import Fill
+        assert "recorded concurrently" in caplog.text  # the batch met the stream's row and went one by one
+        assert raced == [True] and sorted(s.scalars(sa.select(Fill.exec_id))) == sorted(
+            x.exec_id for x in port.executions())
