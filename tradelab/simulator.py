@@ -972,8 +972,9 @@ def add_cli(sub):
     p.add_argument("--speed", type=float, default=1.0, help="market seconds per real second")
     p.add_argument("--start", default=None, help="market time at start (default 2024-06-01T00:00Z; the same seed "
                    "and start give the same market, with 180 days of history before it)")
-    p.add_argument("--replay", default=None, help="replay candles from a CSV/Parquet file (columns start, open, "
-                   "high, low, close, volume[, symbol])")
+    p.add_argument("--replay", default=None, help="replay real candles from a CSV/Parquet FILE (columns start, open, "
+                   "high, low, close, volume[, symbol]) or a DIR of SYMBOL_<interval>_*.parquet files (e.g. "
+                   "data/sample/candles): every symbol found, at its finest interval")
     p.add_argument("--faults", default="", help="e.g. latency_ms=50,drop_after_accept=0.1,http5xx=0.05,"
                    "rate_limit_burst=0.02,ws_disconnect_every=30,ws_duplicate=0.1")
     p.set_defaults(func=_cmd)
