@@ -28,7 +28,7 @@ step "performance and prompt win rates of the migrated history"
 $TL report performance
 $TL report prompts
 
-step "backtest every migrated analysis against later candles (15-minute bars, 24 hours)"
+step "backtest every migrated analysis against the real 15-minute candles that follow it (24 hours)"
 $TL backtest --run demo --interval 15 --horizon 96
 $TL report calibration --run demo
 $TL report compare v1 v2-confluence --run demo
@@ -38,12 +38,14 @@ sed -E 's/^timeframes = .*/timeframes = 1/; s/^symbols = .*/symbols = BTCUSDT, E
 TLD="$TL --settings $DEMO_SETTINGS"
 HEALTH="http://127.0.0.1:$HEALTH_PORT/health"
 
-step "the desk: tradelab up (scheduler, live streams, events, /health) on the built-in simulator at 127.0.0.1:$PORT"
+step "the desk: tradelab up (scheduler, streams, events, dashboard, /health) on the built-in simulator at 127.0.0.1:$PORT,
+replaying the real 2024-2025 candles shipped in data/sample/candles (1 hour of market a second)"
 # In a script (no terminal) the desk stops by itself DEMO_SECONDS (default 120) after the story; at a terminal it
 # runs until Ctrl-C, or DEMO_SECONDS if set. The demo's settings ($DEMO_SETTINGS) trade BTCUSDT and ETHUSDT on 1-minute candles,
 # so a scheduled cycle runs every minute.
 if [ -z "${DEMO_SECONDS:-}" ] && [ ! -t 0 ]; then DEMO_SECONDS=120; fi
-$TLD up --port "$HEALTH_PORT" --sim-port "$PORT" --sim-speed 3600 > "$TRADELAB_DATA_DIR/desk.log" 2>&1 &
+$TLD up --port "$HEALTH_PORT" --sim-port "$PORT" --sim-speed 3600 --sim-replay data/sample/candles \
+  > "$TRADELAB_DATA_DIR/desk.log" 2>&1 &
 UP=$!
 trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
 trap 'exit 130' INT TERM
