@@ -2,10 +2,10 @@
 import datetime as dt
 import shutil
 
-import holoviews as hv
 import panel as pn
 import pyotp
 import pytest
+from bokeh.models import Label, Span
 from sqlalchemy.orm import Session
 
 from tradelab import auth, pages, service
@@ -122,9 +122,10 @@ def test_the_feed_shows_each_analysis_newest_first_with_its_levels_and_verdict(c
     text = _markdown(card)
     assert card.title.startswith("#3 BTCUSDT") and "accepted" in text and "prompt `b@1`" in text
     assert "cost $0.01 · 40 ms" in text
-    (chart,) = card.select(pn.pane.HoloViews)
-    labels = chart.object.traverse(lambda e: e.text.split(), [hv.Text])
-    assert sorted(labels) == [["SL", "59000"], ["TP", "62000"], ["entry", "60000"]]
+    (chart,) = card.select(pn.pane.Bokeh)
+    labels = [x.text.split() for x in chart.object.center if isinstance(x, Label)]
+    assert labels == [["entry", "60000"], ["SL", "59000"], ["TP", "62000"]]
+    assert {s.location for s in chart.object.center if isinstance(s, Span)} == {60000, 59000, 62000}
 
 
 def test_analyse_now_refuses_a_file_that_is_not_an_image_and_stores_nothing(ctx):
