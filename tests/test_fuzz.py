@@ -63,7 +63,7 @@ THINK = st.text(max_size=60).map(lambda t: f"<think>{t.replace('<', '')}</think>
 def valid_reply(draw):
     """(kind, text) of a reply that must be accepted."""
     obj = draw(st.one_of(good_levels(tradeable=True), good_levels(), HOLD))
-    if draw(st.booleans()): obj["confidence"] = round(obj["confidence"] * 99 + 1.5, 1)  # "72" meaning 72%
+    if draw(st.booleans()): obj["confidence"] = round(obj["confidence"] * 98 + 1.5, 1)  # "72" meaning 72% (1.5..99.5)
     body = json.dumps(obj)
     wrap = draw(st.sampled_from(["plain", "fenced", "think"]))
     if wrap == "fenced": body = f"Here you go:\n```json\n{body}\n```"
