@@ -50,11 +50,11 @@ def _ctx(desk, name, live=None):
     return PageContext(desk, session_user(desk, auth.create_session(desk.engine, user, desk.clock)), live)
 
 
-def _ws_refused(url, cookies=None):
+def _ws_refused(url, cookies=None, origin=None):
     """Whether the desk page's WebSocket handshake is refused."""
     header = [f"Cookie: {'; '.join(f'{k}={v}' for k, v in (cookies or {}).items())}"] if cookies else []
     try: websocket.create_connection(url.replace("http", "ws") + "/desk/ws", header=header, timeout=10,
-                                     origin=url).close()
+                                     origin=origin or url).close()
     except websocket.WebSocketBadStatusException: return True
     return False
 
@@ -78,6 +78,7 @@ def test_a_login_sets_a_signed_http_only_session_cookie_that_opens_the_pages(ser
     page = s.get(served.url + "/positions", allow_redirects=False)
     assert page.status_code == 200 and "tradelab · Positions" in page.content.decode()
     assert not _ws_refused(served.url, dict(s.cookies))
+    assert _ws_refused(served.url, dict(s.cookies), origin="http://evil.example:8080")  # another site's page
 
 
 def test_after_logout_a_copied_session_cookie_is_refused_on_pages_and_websockets(served):
@@ -197,3 +198,24 @@ def test_wrong_passwords_are_refused_then_throttled_even_with_the_right_one(tmp_
     finally:
         srv.stop(); stop_desk(desk)
     with pytest.raises(requests.ConnectionError): requests.get(srv.url + "/login", timeout=5)
+
+
+def test_a_user_with_totp_enrolled_logs_in_only_with_a_fresh_code(tmp_path):
+    import pyotp
+    from tradelab.core import ManualClock
+    desk = make_desk(tmp_path, watcher=False, streams=False)
+    desk.clock = clock = ManualClock("2026-01-05T12:00:00Z")  # the login handler reads the desk's clock
+    srv = Served(desk)
+    try:
+        add_users(desk, {"tia": "trader"})
+        totp = pyotp.TOTP(auth.enroll_totp(desk.engine, "tia", desk.data_dir, "test", clock)["secret"])
+        auth.verify_totp(desk.engine, "tia", totp.at(clock.now()), desk.data_dir, clock)  # enrolment confirmed
+        _, r = _login(srv.url, "tia")
+        assert r.status_code == 401 and "tia needs a TOTP code to log in" in r.text
+        _, r = _login(srv.url, "tia", totp=totp.at(clock.now()))
+        assert r.status_code == 401 and "already used" in r.text
+        clock.advance(30)
+        s, r = _login(srv.url, "tia", totp=totp.at(clock.now()))
+        assert r.status_code == 302 and SESSION_COOKIE in s.cookies
+    finally:
+        srv.stop(); stop_desk(desk)
