@@ -271,9 +271,6 @@ def test_a_filled_order_pushed_out_of_the_500_order_window_is_not_marked_cancell
         sim.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="BybitPort.executions (nbs/34_bybit, FIDB) pages back with endTime = oldest "
-                   "- 1 ms, so a millisecond holding more than 100 executions loses the rest; it should follow "
-                   "nextPageCursor, which Bybit and the simulator send")
 def test_more_than_100_executions_in_one_millisecond_are_all_ingested(sqlite_engine):
     from tradelab.core import ManualClock
     from tradelab.matching import Engine
